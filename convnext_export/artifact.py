@@ -1,0 +1,201 @@
+"""The artifact: a model file plus the ``manifest.json`` that says how it was made.
+
+``convnext-bench`` works from artifacts alone: the manifest carries everything needed to
+rebuild the eager reference (config, weights path and sha256 or seed, preprocessing).
+Artifacts are written into a temporary sibling directory and renamed into place, so an
+interrupted export never leaves a half-written directory behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import ConvNeXtConfig
+from .errors import ConvNeXtExportError, InputError
+from .preprocess import Preprocessing
+
+SCHEMA = "convnext-export/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights came from: a checkpoint file (path, sha256, layout) or a seed."""
+
+    seed: int | None = None
+    path: str | None = None
+    sha256: str | None = None
+    layout: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.path is None:
+            return {"kind": "random", "seed": self.seed}
+        return {"kind": "checkpoint", "path": self.path, "sha256": self.sha256, "layout": self.layout}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WeightsSource":
+        if data.get("kind") == "random":
+            return cls(seed=int(data["seed"]))
+        return cls(path=data["path"], sha256=data["sha256"], layout=data.get("layout"))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    directory: Path
+    model_file: str
+    format: str  # "onnx" | "tensorrt"
+    precision: str  # "fp32" | "fp16" | "int8"
+    config: ConvNeXtConfig
+    preprocessing: Preprocessing
+    weights: WeightsSource
+    fusions: dict[str, int]
+    opset: int
+    batch: int | None  # None: dynamic batch axis
+    model_sha256: str
+    drift: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None  # INT8 layout: "cpu" | "tensorrt"
+    extra: dict[str, Any] = field(default_factory=dict)  # calibration, quantized layers, engine facts, ...
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / self.model_file
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "model_file": self.model_file,
+            "format": self.format,
+            "precision": self.precision,
+            "target": self.target,
+            "config": self.config.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "weights": self.weights.to_dict(),
+            "fusions": self.fusions,
+            "opset": self.opset,
+            "batch": self.batch,
+            "model_sha256": self.model_sha256,
+            "drift": self.drift,
+            **self.extra,
+            "versions": self.versions,
+            "created": self.created,
+        }
+
+    def with_changes(self, **changes: Any) -> "Artifact":
+        return replace(self, **changes)
+
+
+_KNOWN_KEYS = {
+    "schema", "model_file", "format", "precision", "target", "config", "preprocessing", "weights",
+    "fusions", "opset", "batch", "model_sha256", "drift", "versions", "created",
+}
+
+
+def write_manifest(artifact: Artifact) -> Path:
+    path = artifact.directory / MANIFEST
+    path.write_text(json.dumps(artifact.to_dict(), indent=2) + "\n")
+    return path
+
+
+def read_artifact(directory: str | Path, verify: bool = True) -> Artifact:
+    """Load an artifact directory; with ``verify`` the model file must match its sha256."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{directory}: no {MANIFEST} here; point at a directory written by convnext-export")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable manifest ({error})") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(schema, str) or not schema.startswith("convnext-export/"):
+        raise InputError(f"{path}: not a convnext-export manifest (schema {schema!r})")
+    if schema != SCHEMA:
+        raise InputError(f"{path}: manifest schema {schema!r} is not {SCHEMA!r}; upgrade convnext-export or re-export")
+    try:
+        artifact = Artifact(
+            directory=directory,
+            model_file=data["model_file"],
+            format=data["format"],
+            precision=data["precision"],
+            target=data.get("target"),
+            config=ConvNeXtConfig.from_dict(data["config"]),
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            weights=WeightsSource.from_dict(data["weights"]),
+            fusions=data["fusions"],
+            opset=int(data["opset"]),
+            batch=data["batch"],
+            model_sha256=data["model_sha256"],
+            drift=data.get("drift", {}),
+            extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
+            versions=data.get("versions", {}),
+            created=data.get("created", ""),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{path}: manifest is incomplete or malformed ({error!r})") from None
+    if verify:
+        if not artifact.model_path.is_file():
+            raise InputError(f"{artifact.model_path}: model file named in the manifest is missing")
+        actual = file_sha256(artifact.model_path)
+        if actual != artifact.model_sha256:
+            raise InputError(
+                f"{artifact.model_path}: sha256 {actual[:12]}... does not match the manifest's "
+                f"{artifact.model_sha256[:12]}...; the file changed after export, re-export it"
+            )
+    return artifact
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse an existing non-empty directory unless forced (a usage error, before any work)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out {out}: directory exists and is not empty; pass --force to replace it")
+
+
+@contextmanager
+def staged_directory(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it replaces ``out`` atomically-enough.
+
+    On any error the temporary directory is removed and ``out`` is left as it was.
+    """
+    check_output_dir(out, force)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as error:
+        raise ConvNeXtExportError(f"--out {out}: cannot write there ({error.strerror}); choose a writable directory") from None
+    try:
+        yield staging
+        if out.exists():
+            trash = staging.with_suffix(".old")
+            os.replace(out, trash)
+            os.replace(staging, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

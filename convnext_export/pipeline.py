@@ -1,0 +1,211 @@
+"""One straight road: config -> model -> fuse -> export ONNX -> precision -> artifact on disk."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .artifact import Artifact, WeightsSource, file_sha256, staged_directory, write_manifest
+from .backends.onnxruntime import OnnxRuntimeBackend
+from .config import ConvNeXtConfig, get_config, UnknownSizeError
+from .drift import drift_metrics
+from .errors import InputError
+from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx
+from .fusion import FUSIONS, fuse_model
+from .model import ConvNeXt, build_model
+from .preprocess import Preprocessing, torchvision_preprocessing
+
+DRIFT_SAMPLES = 4
+
+
+@dataclass(frozen=True)
+class PreprocessingOverrides:
+    """Preprocessing given on the command line; None keeps what the weights imply."""
+
+    image_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def apply(self, base: Preprocessing) -> Preprocessing:
+        changes = {k: v for k, v in self.__dict__.items() if v is not None}
+        try:
+            return Preprocessing(**{**base.to_dict(), **changes, "mean": tuple(changes.get("mean", base.mean)),
+                                    "std": tuple(changes.get("std", base.std))})
+        except ValueError as error:
+            raise InputError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    size: str | None = None
+    weights: Path | None = None
+    num_classes: int | None = None
+    seed: int = 0
+    preprocessing: PreprocessingOverrides = field(default_factory=PreprocessingOverrides)
+    opset: int = DEFAULT_OPSET
+    batch: int | None = None
+    fuse: bool = True
+    precision: str = "fp32"
+    out: Path | None = None
+    force: bool = False
+
+    def default_out(self, config: ConvNeXtConfig) -> Path:
+        return Path("artifacts") / f"convnext_{config.name}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    artifact: Artifact
+    op_census: dict[str, int]
+    seconds: float
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """The eager model with where it came from and how its inputs are preprocessed."""
+
+    model: ConvNeXt
+    config: ConvNeXtConfig
+    weights: WeightsSource
+    preprocessing: Preprocessing
+
+
+def tool_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"convnext_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def sidecar_preprocessing(weights: Path) -> tuple[Preprocessing, Path] | None:
+    """Preprocessing from a ``reference.json``-style sidecar naming this checkpoint, if one lies beside it."""
+    for candidate in (weights.with_suffix(".json"), weights.parent / "reference.json"):
+        if not candidate.is_file() or candidate == weights:
+            continue
+        try:
+            data = json.loads(candidate.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"{candidate}: sidecar beside the checkpoint is not valid JSON ({error})") from None
+        if candidate.name == "reference.json" and data.get("checkpoint") not in (weights.name, None):
+            continue
+        try:
+            return Preprocessing.from_dict(data), candidate
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{candidate}: sidecar lacks preprocessing field {error}") from None
+    return None
+
+
+def load_reference(size: str | None, weights: Path | None, num_classes: int | None, seed: int,
+                   overrides: PreprocessingOverrides = PreprocessingOverrides()) -> ReferenceModel:
+    """The eager reference: a checkpoint (size inferred) or seeded random weights."""
+    if weights is None:
+        try:
+            config = get_config(size or "tiny", num_classes)
+        except UnknownSizeError as error:
+            raise InputError(str(error)) from None
+        return ReferenceModel(build_model(config, seed), config, WeightsSource(seed=seed),
+                              overrides.apply(Preprocessing()))
+    from .checkpoints import load_checkpoint
+
+    loaded = load_checkpoint(weights, size=size, num_classes=num_classes)
+    sidecar = sidecar_preprocessing(Path(weights))
+    if sidecar is not None:
+        base = sidecar[0]
+    elif loaded.layout == "torchvision":
+        base = torchvision_preprocessing(loaded.config.name)
+    else:
+        base = Preprocessing()
+    source = WeightsSource(path=str(Path(weights).resolve()), sha256=loaded.sha256, layout=loaded.layout)
+    return ReferenceModel(loaded.model, loaded.config, source, overrides.apply(base))
+
+
+def rebuild_reference(artifact: Artifact) -> ConvNeXt:
+    """The eager model an artifact was exported from, checked against the recorded weights."""
+    source = artifact.weights
+    if source.path is None:
+        return build_model(artifact.config, source.seed or 0)
+    path = Path(source.path)
+    if not path.is_file():
+        raise InputError(f"{artifact.directory}: its weights {path} are gone; the eager reference cannot be rebuilt")
+    if file_sha256(path) != source.sha256:
+        raise InputError(f"{path}: sha256 differs from the one {artifact.directory} was exported from")
+    from .checkpoints import load_checkpoint
+
+    return load_checkpoint(path, size=artifact.config.name, num_classes=artifact.config.num_classes).model
+
+
+def drift_inputs(preprocessing: Preprocessing, count: int, seed: int) -> np.ndarray:
+    """Seeded standard-normal images (the scale of normalized pixels)."""
+    rng = np.random.default_rng(seed)
+    size = preprocessing.image_size
+    return rng.standard_normal((count, 3, size, size), dtype=np.float32)
+
+
+def onnx_metadata(reference: ReferenceModel, fusions: dict[str, int], precision: str) -> dict[str, str]:
+    return {
+        "convnext_export.size": reference.config.name,
+        "convnext_export.num_classes": str(reference.config.num_classes),
+        "convnext_export.image_size": str(reference.preprocessing.image_size),
+        "convnext_export.preprocessing": json.dumps(reference.preprocessing.to_dict()),
+        "convnext_export.fusions": json.dumps(fusions),
+        "convnext_export.precision": precision,
+        "convnext_export.versions": json.dumps(tool_versions()),
+    }
+
+
+def validate_request(request: ExportRequest) -> None:
+    check_opset(request.opset)
+    if request.batch is not None and request.batch < 1:
+        raise InputError(f"--batch {request.batch}: a static batch must be >= 1 (omit it for a dynamic batch)")
+    if request.num_classes is not None and request.num_classes < 1:
+        raise InputError(f"--num-classes {request.num_classes}: must be >= 1")
+    if request.precision != "fp32":
+        raise InputError(f"precision {request.precision!r} is not available yet; FP32 only")
+
+
+def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportResult:
+    """Build, fuse, export and check one artifact; nothing is left on disk if any step fails."""
+    validate_request(request)
+    started = time.perf_counter()
+    reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
+    out = request.out or request.default_out(reference.config)
+    with staged_directory(out, request.force) as staging:
+        if request.fuse:
+            graph_model, fusions = fuse_model(reference.model)
+            fusions = {**fusions, "gelu_as_one_op": fusions["gelu_as_one_op"] if request.opset >= 20 else 0}
+        else:
+            graph_model, fusions = reference.model, {name: 0 for name in FUSIONS}
+        log(f"exporting {reference.config.name} (opset {request.opset}, "
+            f"{'static batch ' + str(request.batch) if request.batch else 'dynamic batch'})")
+        exported = export_onnx(graph_model, staging / "model.onnx", reference.preprocessing.image_size,
+                               opset=request.opset, batch=request.batch,
+                               metadata=onnx_metadata(reference, fusions, "fp32"))
+        images = drift_inputs(reference.preprocessing, request.batch or DRIFT_SAMPLES, request.seed + 1)
+        with torch.inference_mode():
+            eager = reference.model(torch.from_numpy(images)).numpy()
+        onnx_out = OnnxRuntimeBackend(exported.path).run(images)
+        drift = drift_metrics(onnx_out, eager)
+        check_fp32_drift(drift["relative_max_abs"])
+        drift = {"inputs": f"{len(images)} seeded standard-normal images", "backend": "onnxruntime", **drift}
+        artifact = Artifact(
+            directory=out, model_file="model.onnx", format="onnx", precision="fp32",
+            config=reference.config, preprocessing=reference.preprocessing, weights=reference.weights,
+            fusions=fusions, opset=request.opset, batch=request.batch, model_sha256=file_sha256(exported.path),
+            drift=drift, versions=tool_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            extra={"op_census": exported.op_census, "export_seconds": round(exported.seconds, 2)},
+        )
+        write_manifest(artifact.with_changes(directory=staging))
+        size_bytes = exported.path.stat().st_size
+    return ExportResult(artifact, exported.op_census, time.perf_counter() - started, size_bytes)

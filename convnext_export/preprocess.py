@@ -1,0 +1,96 @@
+"""Evaluation preprocessing: resize the short side, center crop, normalize.
+
+The steps and their rounding follow timm's and torchvision's eval transforms on PIL images,
+so an artifact sees exactly what its weights were evaluated with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+INTERPOLATIONS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    image_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}"
+            )
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values each, std > 0")
+
+    @property
+    def resize_size(self) -> int:
+        """Short side before the crop (timm: floor(image_size / crop_pct))."""
+        return int(math.floor(self.image_size / self.crop_pct + 1e-6))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        return cls(
+            image_size=int(data["image_size"]),
+            crop_pct=float(data["crop_pct"]),
+            interpolation=str(data["interpolation"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+        )
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        """RGB image of image_size x image_size, before normalization."""
+        image = image.convert("RGB")
+        width, height = image.size
+        size = self.resize_size
+        if width <= height:
+            new = (size, int(size * height / width))
+        else:
+            new = (int(size * width / height), size)
+        image = image.resize(new, INTERPOLATIONS[self.interpolation])  # a no-op copy at equal size
+        width, height = image.size
+        top = int(round((height - self.image_size) / 2.0))
+        left = int(round((width - self.image_size) / 2.0))
+        return image.crop((left, top, left + self.image_size, top + self.image_size))
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (..., H, W, 3) -> float32 (..., 3, H, W), normalized."""
+        x = pixels.astype(np.float32) / np.float32(255.0)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One PIL image -> float32 (3, image_size, image_size)."""
+        return self.normalize(np.asarray(self.resize_and_crop(image)))
+
+
+# torchvision's ConvNeXt weights: resize 236 (tiny) / 230 (small) / 232 (base, large), bilinear.
+TORCHVISION_RESIZE = {"tiny": 236, "small": 230, "base": 232, "large": 232}
+
+
+def torchvision_preprocessing(size: str) -> Preprocessing:
+    resize = TORCHVISION_RESIZE.get(size, 232)
+    return Preprocessing(image_size=224, crop_pct=224 / resize, interpolation="bilinear")
