@@ -1,0 +1,364 @@
+"""Load a ConvNeXt V1 checkpoint from any of the four published layouts onto ``model.ConvNeXt``.
+
+One job, one road: read the file safely -> unwrap training wrappers -> detect the layout from
+key names -> rename (and reshape) onto the official names -> infer the size -> build and load.
+Checkpoints are untrusted input: pickles are read with ``weights_only=True`` and a short
+allow-list of harmless types, so a file that would run pickled code is refused, not executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from .artifact import file_sha256
+from .config import ConvNeXtConfig, UnknownSizeError, find_config, get_config, size_names
+from .errors import InputError
+from .model import ConvNeXt, build_model
+
+LAYOUTS = ("official", "timm", "torchvision", "huggingface")
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pth.tar", ".ckpt")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+# Entries that hold the weights inside a training checkpoint, most preferred first. The plain
+# model weights win over the EMA copy when both are present: they are what the training run
+# evaluated and reported by default; a file holding only an EMA copy still loads.
+WEIGHT_ENTRIES = ("model", "state_dict", "model_ema", "state_dict_ema")
+# Prefixes written by wrappers: DataParallel/DDP (``module.``), Lightning (``model.``).
+WRAPPER_PREFIXES = ("module.", "model.")
+
+# Stem conv weight + first block's depthwise conv weight: together they identify a layout.
+_LAYOUT_MARKERS = {
+    "official": ("downsample_layers.0.0.weight", "stages.0.0.dwconv.weight"),
+    "timm": ("stem.0.weight", "stages.0.blocks.0.conv_dw.weight"),
+    "torchvision": ("features.0.0.weight", "features.1.0.block.0.weight"),
+    "huggingface": ("embeddings.patch_embeddings.weight", "encoder.stages.0.layers.0.dwconv.weight"),
+}
+_HF_PREFIX = "convnext."
+_HF_HEAD_NORM_EPS = 1e-12  # transformers ConvNextConfig.layer_norm_eps default (final LayerNorm only)
+
+_TIMM_PARTS = {"conv_dw": "dwconv", "norm": "norm", "mlp.fc1": "pwconv1", "mlp.fc2": "pwconv2", "gamma": "gamma"}
+_TV_PARTS = {"block.0": "dwconv", "block.2": "norm", "block.3": "pwconv1", "block.5": "pwconv2", "layer_scale": "gamma"}
+_HF_PARTS = {
+    "dwconv": "dwconv",
+    "layernorm": "norm",
+    "pwconv1": "pwconv1",
+    "pwconv2": "pwconv2",
+    "layer_scale_parameter": "gamma",
+}
+
+_Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
+
+
+def _rules(*pairs: tuple[str, Callable[[re.Match[str]], str]]) -> list[_Rule]:
+    return [(re.compile(pattern), rename) for pattern, rename in pairs]
+
+
+# Key renames onto model.py's names (REFERENCE.md, "Checkpoint layouts"). Unmatched keys pass
+# through unchanged, so they surface as unexpected keys in the fit check.
+_RENAMES: dict[str, list[_Rule]] = {
+    "official": [],
+    "timm": _rules(
+        (r"stem\.([01])\.(.+)", lambda m: f"downsample_layers.0.{m[1]}.{m[2]}"),
+        (r"stages\.(\d+)\.downsample\.([01])\.(.+)", lambda m: f"downsample_layers.{m[1]}.{m[2]}.{m[3]}"),
+        (
+            r"stages\.(\d+)\.blocks\.(\d+)\.(conv_dw|norm|mlp\.fc1|mlp\.fc2|gamma)(.*)",
+            lambda m: f"stages.{m[1]}.{m[2]}.{_TIMM_PARTS[m[3]]}{m[4]}",
+        ),
+        (r"head\.norm\.(.+)", lambda m: f"norm.{m[1]}"),
+        (r"head\.fc\.(.+)", lambda m: f"head.{m[1]}"),
+    ),
+    # features.{2i} is stage i's downsample (i = 0: the stem), features.{2i+1} its blocks.
+    "torchvision": _rules(
+        (r"features\.(\d*[02468])\.([01])\.(.+)", lambda m: f"downsample_layers.{int(m[1]) // 2}.{m[2]}.{m[3]}"),
+        (
+            r"features\.(\d*[13579])\.(\d+)\.(block\.[0235]|layer_scale)(.*)",
+            lambda m: f"stages.{int(m[1]) // 2}.{m[2]}.{_TV_PARTS[m[3]]}{m[4]}",
+        ),
+        (r"classifier\.0\.(.+)", lambda m: f"norm.{m[1]}"),
+        (r"classifier\.2\.(.+)", lambda m: f"head.{m[1]}"),
+    ),
+    "huggingface": _rules(
+        (r"(?:convnext\.)?embeddings\.patch_embeddings\.(.+)", lambda m: f"downsample_layers.0.0.{m[1]}"),
+        (r"(?:convnext\.)?embeddings\.layernorm\.(.+)", lambda m: f"downsample_layers.0.1.{m[1]}"),
+        (
+            r"(?:convnext\.)?encoder\.stages\.(\d+)\.downsampling_layer\.([01])\.(.+)",
+            lambda m: f"downsample_layers.{m[1]}.{m[2]}.{m[3]}",
+        ),
+        (
+            r"(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\."
+            r"(dwconv|layernorm|pwconv1|pwconv2|layer_scale_parameter)(.*)",
+            lambda m: f"stages.{m[1]}.{m[2]}.{_HF_PARTS[m[3]]}{m[4]}",
+        ),
+        (r"(?:convnext\.)?layernorm\.(.+)", lambda m: f"norm.{m[1]}"),
+        (r"classifier\.(.+)", lambda m: f"head.{m[1]}"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    model: ConvNeXt  # eval mode, weights loaded, float32
+    config: ConvNeXtConfig  # inferred from the weights
+    layout: str  # one of LAYOUTS
+    path: Path
+    sha256: str  # of the file bytes
+
+
+def load_checkpoint(path: str | Path, size: str | None = None, num_classes: int | None = None) -> LoadedCheckpoint:
+    """Read, recognise and load a ConvNeXt V1 checkpoint; ``size``/``num_classes`` are checked, never forced."""
+    path = Path(path)
+    original = read_state_dict(path)
+    layout = detect_layout(original)
+    state_dict = to_official(original, layout)
+    config = _infer_config(state_dict, path, layout, size, num_classes)
+    model = build_model(config)
+    _check_fit(model, state_dict, original, layout, path)
+    model.load_state_dict(state_dict, strict=True)
+    return LoadedCheckpoint(model.eval(), config, layout, path, file_sha256(path))
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, read without executing code and unwrapped."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"checkpoint file not found: {path}")
+    if path.is_dir():
+        raise InputError(
+            f"checkpoint path {path} is a directory; pass the weights file inside it "
+            f"(e.g. model.safetensors or pytorch_model.bin)"
+        )
+    name = path.name.lower()
+    if name.endswith(SAFETENSORS_SUFFIX):
+        try:
+            loaded: object = safetensors.torch.load_file(path, device="cpu")
+        except Exception as error:
+            raise InputError(f"cannot read {path} as a safetensors file: {_first_line(error)}") from None
+    elif name.endswith(PICKLE_SUFFIXES):
+        loaded = _torch_load(path)
+    else:
+        raise InputError(
+            f"unsupported checkpoint file {path}: expected one of "
+            f"{', '.join(PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,))}"
+        )
+    return _unwrap(loaded, path)
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Which published layout the keys follow; V2 and other architectures are refused."""
+    grn = next((key for key in state_dict if "grn" in key), None)
+    if grn is not None:
+        raise InputError(
+            f"ConvNeXt V2 checkpoint (GRN layers, e.g. key {grn!r}) is not supported; "
+            f"this tool exports ConvNeXt V1"
+        )
+    layout = _layout_or_none(state_dict)
+    if layout is not None:
+        return layout
+    sample = ", ".join(list(state_dict)[:6])
+    raise InputError(
+        f"not a ConvNeXt V1 checkpoint: no {'/'.join(LAYOUTS)} layout keys found "
+        f"(first keys: {sample}); expected e.g. {_LAYOUT_MARKERS['official'][0]!r} or "
+        f"{_LAYOUT_MARKERS['timm'][0]!r}"
+    )
+
+
+def to_official(state_dict: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """Rename onto model.py's (official) names and reshape 1x1-conv MLP weights and (C,1,1) layer scales."""
+    if layout not in _RENAMES:
+        raise InputError(f"unknown checkpoint layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    renamed = {}
+    for key, tensor in state_dict.items():
+        new_key = _official_key(key, layout)
+        renamed[new_key] = _official_shape(new_key, tensor)
+    return renamed
+
+
+def _safe_globals() -> list:
+    """Harmless non-tensor types real checkpoints carry: training args and numpy scalars/dtypes.
+
+    The numpy entries follow torch's weights_only notes (scalar, dtype, the DType classes);
+    ``scalar`` is also registered under its numpy 1.x path for checkpoints saved with numpy 1.
+    """
+    scalar = np._core.multiarray.scalar
+    dtype_classes = [
+        getattr(np.dtypes, name)
+        for name in dir(np.dtypes)
+        if name.endswith("DType") and name not in ("ObjectDType", "VoidDType")
+    ]
+    return [argparse.Namespace, scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtype_classes]
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        # torch names the refused global: "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose
+        # module x is blocked"
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if refused:
+            raise InputError(
+                f"refused to load {path}: it contains a pickled {refused[1]} object, and loading it "
+                f"would execute pickled code. If you trust the file, re-save only its weights, "
+                f"e.g. torch.save(model.state_dict(), 'weights.pth'), or convert it to .safetensors"
+            ) from None
+        # torch's own advice (retry with weights_only=False) is exactly what a user should not do;
+        # keep only its diagnosis.
+        detail = str(error).partition("WeightsUnpickler error:")[2].strip() or _first_line(error)
+        raise InputError(
+            f"cannot read {path} as a PyTorch checkpoint ({type(error).__name__}: {_first_line(detail)}); "
+            f"expected a file written by torch.save (is it truncated?) or a .safetensors file"
+        ) from None
+
+
+def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    """Descend into ``model``/``state_dict``/EMA entries, keep tensors, strip wrapper prefixes."""
+    for _ in range(3):  # e.g. {"state_dict": {"model": sd}} at most a couple of levels deep
+        if not isinstance(loaded, Mapping):
+            break
+        inner = next((loaded[key] for key in WEIGHT_ENTRIES if isinstance(loaded.get(key), Mapping)), None)
+        if inner is None:
+            break
+        loaded = inner
+    if not isinstance(loaded, Mapping):
+        raise InputError(f"{path} holds a {type(loaded).__name__}, not a state dict (a mapping of names to tensors)")
+    tensors = {str(key): value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        entries = ", ".join(map(str, list(loaded)[:8])) or "none"
+        raise InputError(
+            f"no weight tensors found in {path} (entries: {entries}); expected a state dict or "
+            f"one under {'/'.join(repr(key) for key in WEIGHT_ENTRIES)}"
+        )
+    return _strip_wrapper_prefixes(tensors)
+
+
+def _strip_wrapper_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``module.``/``model.`` while every key has it; a partial ``model.`` prefix (a Lightning
+    module holding other tensors beside its model) keeps only the model's tensors."""
+    while True:
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in tensors):
+                tensors = {key.removeprefix(prefix): value for key, value in tensors.items()}
+                break
+        else:
+            break
+    if _layout_or_none(tensors) is None and any(key.startswith("model.") for key in tensors):
+        tensors = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
+    return tensors
+
+
+def _layout_or_none(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    keys = {key.removeprefix(_HF_PREFIX) for key in state_dict}
+    return next((layout for layout, markers in _LAYOUT_MARKERS.items() if all(m in keys for m in markers)), None)
+
+
+def _official_key(key: str, layout: str) -> str:
+    for pattern, rename in _RENAMES[layout]:
+        match = pattern.fullmatch(key)
+        if match:
+            return rename(match)
+    return key
+
+
+def _official_shape(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """timm conv_mlp fc weights (4C,C,1,1) -> Linear (4C,C); torchvision layer scale (C,1,1) -> (C,)."""
+    if re.search(r"\.pwconv[12]\.weight$", key) and tensor.ndim == 4 and tensor.shape[2:] == (1, 1):
+        return tensor.flatten(1)
+    if key.endswith(".gamma") and tensor.ndim > 1 and all(size == 1 for size in tensor.shape[1:]):
+        return tensor.flatten()
+    return tensor
+
+
+def _infer_config(
+    state_dict: Mapping[str, torch.Tensor], path: Path, layout: str, size: str | None, num_classes: int | None
+) -> ConvNeXtConfig:
+    blocks: dict[int, dict[int, int]] = {}  # stage -> block -> channels
+    for key, tensor in state_dict.items():
+        match = re.fullmatch(r"stages\.(\d+)\.(\d+)\.dwconv\.weight", key)
+        if match:
+            blocks.setdefault(int(match[1]), {})[int(match[2])] = tensor.shape[0]
+    depths = tuple(len(blocks.get(stage, {})) for stage in range(4))
+    dims = tuple(min(blocks[stage].items())[1] if blocks.get(stage) else 0 for stage in range(4))
+    found = find_config(depths, dims)
+    if found is None:
+        known = "; ".join(f"{c.name} {list(c.depths)}/{list(c.dims)}" for c in map(get_config, size_names()))
+        raise InputError(
+            f"{path} ({layout} layout) has depths {list(depths)} and dims {list(dims)}, which match no "
+            f"known ConvNeXt size; valid sizes (depths/dims): {known}"
+        )
+    if size is not None:
+        try:
+            get_config(size)
+        except UnknownSizeError as error:
+            raise InputError(str(error)) from None
+        if size != found.name:
+            raise InputError(
+                f"size {size!r} was requested, but {path} holds a ConvNeXt-{found.name} "
+                f"(depths {list(found.depths)}, dims {list(found.dims)}); use size {found.name!r} or leave it out"
+            )
+    head = state_dict.get("head.weight")
+    if head is None or head.ndim != 2:
+        raise InputError(
+            f"{path} ({layout} layout) has no classifier head (expected {_original_head_key(layout)!r}); "
+            f"this tool exports image classifiers"
+        )
+    classes = head.shape[0]
+    if num_classes is not None and num_classes != classes:
+        raise InputError(
+            f"{num_classes} classes were requested, but the checkpoint {path} has {classes} classes "
+            f"(head {tuple(head.shape)}); use {classes} or leave the number of classes out"
+        )
+    config = found.with_classes(classes)
+    return replace(config, head_norm_eps=_HF_HEAD_NORM_EPS) if layout == "huggingface" else config
+
+
+def _original_head_key(layout: str) -> str:
+    return {"official": "head.weight", "timm": "head.fc.weight", "torchvision": "classifier.2.weight"}.get(
+        layout, "classifier.weight"
+    )
+
+
+def _check_fit(
+    model: ConvNeXt,
+    state_dict: Mapping[str, torch.Tensor],
+    original: Mapping[str, torch.Tensor],
+    layout: str,
+    path: Path,
+) -> None:
+    """Compare names and shapes ourselves so torch's load_state_dict error never reaches the user."""
+    expected = model.state_dict()
+    source = {_official_key(key, layout): key for key in original}
+
+    def named(key: str) -> str:
+        return key if source.get(key, key) == key else f"{key} (from {source[key]})"
+
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [named(key) for key in state_dict if key not in expected]
+    misshaped = [
+        f"{named(key)}: checkpoint {tuple(tensor.shape)}, model {tuple(expected[key].shape)}"
+        for key, tensor in state_dict.items()
+        if key in expected and tensor.shape != expected[key].shape
+    ]
+    problems = [
+        f"{label} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped))
+        if items
+    ]
+    if problems:
+        raise InputError(
+            f"{path} was recognised as the {layout} layout but does not fit ConvNeXt-{model.config.name} "
+            f"(names are model.py's official names): " + "; ".join(problems)
+        )
+
+
+def _first_line(error: BaseException | str) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no details"
