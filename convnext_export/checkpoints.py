@@ -116,7 +116,10 @@ def load_checkpoint(path: str | Path, size: str | None = None, num_classes: int 
     """Read, recognise and load a ConvNeXt V1 checkpoint; ``size``/``num_classes`` are checked, never forced."""
     path = Path(path)
     original = read_state_dict(path)
-    layout = detect_layout(original)
+    try:
+        layout = detect_layout(original)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
     state_dict = to_official(original, layout)
     config = _infer_config(state_dict, path, layout, size, num_classes)
     model = build_model(config)

@@ -1,0 +1,178 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from convnext_export.artifact import SCHEMA, read_artifact
+from convnext_export.cli import export_command
+
+from helpers import make_trained_like, relative_drift
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(export_command, list(args), catch_exceptions=False)
+
+
+def _no_partial_dirs(parent: Path) -> bool:
+    return not any(".partial" in p.name or p.name.endswith(".old") for p in parent.iterdir())
+
+
+def test_export_writes_model_and_manifest(tmp_path):
+    out = tmp_path / "atto"
+    result = invoke("--size", "atto", "--image-size", "64", "--num-classes", "10", "--out", str(out), "--seed", "5")
+    assert result.exit_code == 0, result.output
+    for word in ("model", "ops", "fusions", "drift", "LayerNormalization 17", "fold_layer_scale x12"):
+        assert word in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema"] == SCHEMA and manifest["precision"] == "fp32"
+    assert manifest["weights"] == {"kind": "random", "seed": 5}
+    assert manifest["config"]["name"] == "atto" and manifest["config"]["num_classes"] == 10
+    assert manifest["preprocessing"]["image_size"] == 64
+    assert manifest["drift"]["relative_max_abs"] <= 1e-4
+    assert manifest["fusions"]["layernorm_as_one_op"] == 17
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    artifact = read_artifact(out)  # sha256 verified
+    assert artifact.batch is None and artifact.opset == 20
+
+
+def test_json_to_stdout_is_clean_json(tmp_path):
+    result = CliRunner().invoke(
+        export_command, ["--size", "atto", "--image-size", "32", "--out", str(tmp_path / "a"), "--json", "-", "--quiet"]
+    )
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["manifest"]["config"]["name"] == "atto" and summary["op_census"]["Gelu"] == 12
+
+
+def test_no_fuse_static_batch_and_opset(tmp_path):
+    out = tmp_path / "faithful"
+    result = invoke("--size", "atto", "--image-size", "32", "--no-fuse", "--batch", "3", "--opset", "18",
+                    "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["batch"] == 3 and manifest["opset"] == 18 and not any(manifest["fusions"].values())
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [3, 3, 32, 32]
+
+
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["--size", "huge"], 2, ["huge", "atto", "xlarge"]),
+        (["--weights", "does/not/exist.pth"], 2, ["does/not/exist.pth", "does not exist"]),
+        (["--opset", "16"], 2, ["--opset", "17"]),
+        (["--int8", "--fp16"], 2, ["--fp16", "--int8"]),
+        (["--batch", "0"], 2, ["--batch"]),
+        (["--mean", "0.5,0.5"], 2, ["three comma-separated"]),
+    ],
+)
+def test_usage_errors(args, code, words, tmp_path):
+    result = CliRunner().invoke(export_command, args + ["--out", str(tmp_path / "x")])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    checkpoint = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, checkpoint)
+    result = CliRunner().invoke(export_command, ["--weights", str(checkpoint), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "resnet.pth" in result.output and "conv1.weight" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists() and _no_partial_dirs(tmp_path)
+
+
+def test_mis_shaped_checkpoint_names_the_key(tmp_path):
+    from convnext_export.config import get_config
+    from convnext_export.model import build_model
+
+    state = build_model(get_config("atto", 10)).state_dict()
+    state["stages.1.0.pwconv1.weight"] = torch.zeros(320, 81)
+    checkpoint = tmp_path / "bad.pth"
+    torch.save({"model": state}, checkpoint)
+    result = CliRunner().invoke(export_command, ["--weights", str(checkpoint), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "stages.1.0.pwconv1.weight" in result.output and "(320, 81)" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(export_command, ["--size", "atto", "--image-size", "32", "--out", str(out)])
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    result = CliRunner().invoke(export_command, ["--size", "atto", "--image-size", "32", "--out", str(out), "--force", "-q"])
+    assert result.exit_code == 0 and not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
+    assert _no_partial_dirs(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; the read-only check needs a normal user")
+def test_unwritable_out_fails_cleanly(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = CliRunner().invoke(export_command, ["--size", "atto", "--image-size", "32", "--out", str(locked / "a")])
+    assert result.exit_code == 1 and "cannot write" in result.output
+
+
+def test_out_under_a_file_fails_cleanly(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(export_command, ["--size", "atto", "--image-size", "32", "--out", str(blocker / "a")])
+    assert result.exit_code == 1 and "cannot write" in result.output and "Traceback" not in result.output
+
+
+def test_failure_mid_export_leaves_nothing(tmp_path, monkeypatch):
+    import convnext_export.pipeline as pipeline
+
+    def too_far(drift, limit=1e-4):
+        from convnext_export.errors import ConvNeXtExportError
+        raise ConvNeXtExportError("FP32 ONNX drift 1e-2 vs eager exceeds 1e-4: the export is wrong, nothing was written")
+
+    monkeypatch.setattr(pipeline, "check_fp32_drift", too_far)
+    out = tmp_path / "never"
+    result = CliRunner().invoke(export_command, ["--size", "atto", "--image-size", "32", "--out", str(out)])
+    assert result.exit_code == 1 and "exceeds 1e-4" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_timm_checkpoint_through_onnx_matches_timm(tmp_path):
+    timm = pytest.importorskip("timm")
+    reference = make_trained_like(timm.create_model("convnext_tiny", pretrained=False, num_classes=10), seed=4).eval()
+    checkpoint = tmp_path / "timm_tiny.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(checkpoint))
+    out = tmp_path / "tiny"
+    result = invoke("--weights", str(checkpoint), "--image-size", "64", "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights"]["layout"] == "timm" and manifest["config"]["name"] == "tiny"
+    assert manifest["config"]["num_classes"] == 10
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = reference(x).numpy()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert relative_drift(session.run(None, {"input": x.numpy()})[0], expected) <= 1e-4
+
+
+def test_installed_console_script_runs(tmp_path):
+    script = shutil.which("convnext-export", path=str(Path(sys.executable).parent))
+    assert script, "convnext-export is not installed in this environment (pip install -e .)"
+    out = tmp_path / "sub"
+    done = subprocess.run([script, "--size", "atto", "--image-size", "32", "--out", str(out), "--json", "-", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["manifest"]["precision"] == "fp32"
+    bad = subprocess.run([script, "--size", "huge"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "atto" in bad.stderr
