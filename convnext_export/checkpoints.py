@@ -9,6 +9,7 @@ allow-list of harmless types, so a file that would run pickled code is refused, 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -320,7 +321,18 @@ def _infer_config(
             f"(head {tuple(head.shape)}); use {classes} or leave the number of classes out"
         )
     config = found.with_classes(classes)
-    return replace(config, head_norm_eps=_HF_HEAD_NORM_EPS) if layout == "huggingface" else config
+    return replace(config, head_norm_eps=_hf_head_norm_eps(path)) if layout == "huggingface" else config
+
+
+def _hf_head_norm_eps(path: Path) -> float:
+    """``layer_norm_eps`` from the ``config.json`` a Hugging Face save puts beside the weights, else its default."""
+    config_file = path.parent / "config.json"
+    if not config_file.is_file():
+        return _HF_HEAD_NORM_EPS
+    try:
+        return float(json.loads(config_file.read_text()).get("layer_norm_eps", _HF_HEAD_NORM_EPS))
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise InputError(f"{config_file}: cannot read layer_norm_eps beside the checkpoint ({error})") from None
 
 
 def _original_head_key(layout: str) -> str:

@@ -147,6 +147,15 @@ def test_huggingface_matches_transformers(tmp_path):
     assert to_official(bare, "huggingface").keys() == to_official(state_dict, "huggingface").keys()
 
 
+def test_huggingface_save_directory_supplies_layer_norm_eps(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.ConvNextConfig(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320], num_labels=3,
+                                            layer_norm_eps=1e-5)
+    transformers.ConvNextForImageClassification(hf_config).save_pretrained(tmp_path)  # config.json + model.safetensors
+    loaded = load_checkpoint(tmp_path / "model.safetensors")
+    assert loaded.config.head_norm_eps == 1e-5 == loaded.model.norm.eps
+
+
 # --- wrappers and file formats ---------------------------------------------------------------
 
 
