@@ -9,6 +9,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .calibration.data import DEFAULT_CALIB_SIZE
+from .calibration.int8 import DEFAULT_METHOD, Int8Options
+from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
+from .calibration.recipe import TARGETS
 from .config import size_names
 from .export import DEFAULT_OPSET, MIN_OPSET
 from .options import float_triple, json_option, quiet_option, reports_errors, seed_option, write_json
@@ -37,8 +41,30 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Static batch size (default: dynamic).")
 @seed_option
 @click.option("--no-fuse", is_flag=True, help="Export the faithful, unfused graph.")
-@click.option("--fp16", is_flag=True, help="FP16 model (not available yet).")
-@click.option("--int8", is_flag=True, help="Calibrated INT8 Q/DQ model (not available yet).")
+@click.option("--fp16", is_flag=True, help="FP16 model (LayerNorm in FP32, FP32 inputs/outputs).")
+@click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 inputs and outputs too.")
+@click.option("--int8", is_flag=True, help="Calibrated INT8 Q/DQ model.")
+@click.option("--target", type=click.Choice(TARGETS), default=None,
+              help="INT8 Q/DQ layout: cpu (u8 activations, the fast path here; default) or tensorrt "
+                   "(symmetric int8, zero point 0; implied by --trt).")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help="Calibration images: a folder (class subfolders or flat), or a .npy/.npz array "
+                   "(default: synthetic noise, with a warning).")
+@click.option("--calib-size", type=click.IntRange(min=1), default=None,
+              help=f"Calibration images, a seeded subset; 1/8 is held out to validate [default: {DEFAULT_CALIB_SIZE}].")
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=None,
+              help=f"How ranges are set from the activations [default: {DEFAULT_METHOD}].")
+@click.option("--calib-percentile", type=float, default=None,
+              help=f"Percentile kept by --calib-method percentile [default: {DEFAULT_PERCENTILE}].")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Keep nodes matching PATTERN float (fnmatch on names like 'stages.3.*', '*.pwconv2/Conv', "
+                   "'head'); repeatable.")
+@click.option("--max-drift", type=float, default=None, metavar="AGREEMENT",
+              help="Minimum top-1 agreement with eager on the hold-out (e.g. 0.99): the most sensitive blocks "
+                   "move back to float until it holds; exit 1 if it cannot.")
+@click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Calibration cache to reuse when its key matches (recomputed and rewritten otherwise); "
+                   "by default the cache in the --out directory being replaced is tried.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT engine (not available yet).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory (default artifacts/convnext_<size>-<precision>/).")
@@ -47,17 +73,34 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @json_option
 @reports_errors
 def export_command(size, weights, num_classes, image_size, crop_pct, interpolation, mean, std, opset, batch, seed,
-                   no_fuse, fp16, int8, trt, out, force, quiet, json_path) -> None:
+                   no_fuse, fp16, fp16_io, int8, target, calib_data, calib_size, calib_method, calib_percentile,
+                   exclude, max_drift, calib_cache, trt, out, force, quiet, json_path) -> None:
     """Export a ConvNeXt to fused ONNX with a manifest, checked against the eager model."""
     if fp16 and int8:
         raise click.UsageError("--fp16 and --int8 exclude each other: pick one precision")
-    for flag, wanted in (("--fp16", fp16), ("--int8", int8), ("--trt", trt)):
-        if wanted:
-            raise click.UsageError(f"{flag} is not implemented yet in this version; export FP32 (no flag)")
+    if fp16_io and not fp16:
+        raise click.UsageError("--fp16-io applies to --fp16 only")
+    int8_only = {"--calib-data": calib_data, "--calib-size": calib_size, "--calib-method": calib_method,
+                 "--calib-percentile": calib_percentile, "--exclude": exclude, "--max-drift": max_drift,
+                 "--calib-cache": calib_cache}
+    given = [flag for flag, value in int8_only.items() if value not in (None, ())]
+    if given and not int8:
+        raise click.UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --int8 only")
+    if target == "cpu" and trt:
+        raise click.UsageError("--trt builds for TensorRT: it takes the tensorrt INT8 layout, not --target cpu")
+    target = "tensorrt" if trt else (target or "cpu")
+    if trt:
+        raise click.UsageError("--trt is not implemented yet in this version; export ONNX (no flag)")
     console = _console(quiet, json_path)
+    int8_options = Int8Options(
+        calib_data=calib_data, calib_size=calib_size or DEFAULT_CALIB_SIZE, calib_method=calib_method or DEFAULT_METHOD,
+        calib_percentile=DEFAULT_PERCENTILE if calib_percentile is None else calib_percentile,
+        exclude=tuple(exclude), max_drift=max_drift, calib_cache=calib_cache, seed=seed,
+    )
     request = ExportRequest(
         size=size, weights=weights, num_classes=num_classes, seed=seed, opset=opset, batch=batch, fuse=not no_fuse,
         preprocessing=PreprocessingOverrides(image_size, crop_pct, interpolation, mean, std), out=out, force=force,
+        precision="int8" if int8 else "fp16" if fp16 else "fp32", target=target, int8=int8_options, fp16_io=fp16_io,
     )
     with console.status("exporting", spinner="dots") if not quiet else _nullcontext():
         result = export_artifact(request, log=lambda message: console.log(message))
@@ -96,11 +139,49 @@ def print_export_summary(console: Console, result: ExportResult) -> None:
     table.add_row("ops", ", ".join(f"{op} {n}" for op, n in result.op_census.items()))
     applied = [f"{name} x{n}" for name, n in artifact.fusions.items() if n]
     table.add_row("fusions", ", ".join(applied) or "none (--no-fuse)")
+    for name, value in precision_rows(artifact):
+        table.add_row(name, value)
     drift = artifact.drift
-    table.add_row("drift", f"{drift['relative_max_abs']:.2e} relative max-abs vs eager "
-                           f"(top-1 agreement {drift['top1_agreement']:.0%}, {drift['inputs']})")
+    table.add_row("drift", f"{drift['relative_max_abs']:.2e} relative max-abs vs eager, cosine "
+                           f"{drift['cosine_min']:.6f} (top-1 agreement {drift['top1_agreement']:.0%}, "
+                           f"{drift['inputs']})")
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
+
+
+def precision_rows(artifact) -> list[tuple[str, str]]:
+    """Summary rows for the precision step: layout, calibration, what is INT8, fallback, FP16 checks."""
+    extra, rows = artifact.extra, []
+    quantized, calibration, fp16 = extra.get("quantized"), extra.get("calibration"), extra.get("fp16")
+    if quantized:
+        rows.append(("precision", f"int8 for {artifact.target}: {quantized['activations']} activations, "
+                                  f"{quantized['weights']} weights"))
+    if calibration:
+        method = calibration["method"] + (f" {calibration['percentile']}" if "percentile" in calibration else "")
+        source = "synthetic noise" if calibration["kind"] == "synthetic" else calibration["path"]
+        rows.append(("calibration", f"{method} on {calibration['calibration_images']} images from {source}, "
+                                    f"{calibration['holdout_images']} held out; {calibration['cache']}"))
+    if quantized:
+        counts = ", ".join(f"{cls} {n}" for cls, n in quantized["counts"].items())
+        floats = quantized["float"]
+        rows.append(("quantized", f"{counts}; float: {', '.join(floats['classes']) or 'nothing else'}"
+                                  + (f", {len(floats['excluded'])} excluded node(s)" if floats["excluded"] else "")
+                                  + f" ({quantized['float_mac_fraction']:.1%} of MACs float)"))
+        fallback = quantized.get("fallback")
+        if fallback:
+            moved = ", ".join(m["unit"] for m in fallback["moved"]) or "none needed"
+            rows.append(("fallback", f"budget top-1 agreement >= {fallback['budget_top1_agreement']}: moved to float: "
+                                     f"{moved}"))
+    if fp16:
+        kept = len(fp16["layer_scale_kept_separate"])
+        activations = fp16["activations"]
+        rows.append(("precision", f"fp16 ({fp16['io']} I/O), LayerNorm in "
+                                  f"{', '.join(fp16['layernorm_compute_types'])}; layer scale separate in {kept} block(s)"))
+        rows.append(("fp16 range", f"{len(activations['overflow'])} tensor(s) over 65504, "
+                                   f"{len(activations['underflow'])} with >1% subnormal values; worst weight energy "
+                                   f"loss {fp16['weights']['worst'][0]['energy_loss']:.1e}" if fp16['weights']['worst']
+                                   else "no weights converted"))
+    return rows
 
 
 def main() -> None:  # console-script entry point
@@ -109,3 +190,174 @@ def main() -> None:  # console-script entry point
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- convnext-bench ---------------------------------------------------------------------------
+from .options import CommandError, threads_option  # noqa: E402  (kept with the command that uses them)
+
+def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        batches = ()
+    if not batches or any(b < 1 for b in batches):
+        raise click.BadParameter(f"{value!r}: give batch sizes >= 1, comma-separated, e.g. 1,8")
+    return tuple(dict.fromkeys(batches))
+
+
+def _backend_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from .backends import backend_names
+
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [name for name in names if name not in backend_names()]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown backend {', '.join(map(repr, unknown)) or 'list'}; "
+                                 f"valid backends: {', '.join(backend_names())}")
+    return names
+
+
+def _default_backends() -> str:
+    from .backends import default_backend_names
+
+    return ",".join(default_backend_names())
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("artifact_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--size", type=click.Choice(size_names()), default="tiny", show_default=True,
+              help="Size of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given.")
+@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Resolution of the default set (224).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint for the default set (default: seeded random weights).")
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the default set's exports here (default: a temporary directory).")
+@click.option("--backends", default=_default_backends, show_default=True, callback=_backend_list,
+              help="Comma list; torch (eager) is always measured as the reference. Not installed: listed as skipped.")
+@click.option("--batch", "batches", default="1", show_default=True, callback=_batch_list, help="Batch sizes, e.g. 1,8.")
+@threads_option
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs per variant.")
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per variant, at least.")
+@click.option("--min-time", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds of timed runs per variant, at least (more rounds until reached).")
+@click.option("--block", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Consecutive runs of one variant before the next takes its turn.")
+@click.option("--cold-start/--no-cold-start", default=True, show_default=True,
+              help="Measure cold start and peak memory in a fresh process per artifact and backend.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Images (class folders, ImageNet synset files, .npy/.npz): drift, and accuracy where labeled.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Images for drift/accuracy (default: all of --data, or 16 random).")
+@seed_option
+@click.option("--profile", "profile_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a profiler trace per row into DIR (a separate pass after timing).")
+@json_option
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write the report as Markdown (for PR comments) to FILE ('-' for stdout).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a latency-vs-accuracy (Pareto) PNG to FILE.")
+@quiet_option
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A previous --json report: exit 1 when a matching row regressed.")
+@click.option("--max-regression", default="10%", show_default=True,
+              help="Tolerated regression beyond the spread both runs measured (e.g. 10% or 0.1).")
+@click.option("--absolute", is_flag=True, help="Gate on milliseconds instead of speedup vs eager (dedicated hardware).")
+@click.option("--from-json", "from_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Report (and gate) an earlier --json run instead of running the benchmark.")
+@click.option("--allow-missing", is_flag=True, help="Rows missing on either side do not fail the gate.")
+@reports_errors
+def bench_command(artifact_dirs, size, image_size, weights, work, backends, batches, threads, warmup, iters, min_time,
+                  block, cold_start, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,
+                  max_regression, absolute, from_json, allow_missing) -> None:
+    """Time artifacts on every backend beside the eager model, measure their drift, report, gate."""
+    from .bench import BenchRequest, TimingPlan
+    from .bench.defaults import DefaultSet, run_benchmark
+    from .bench.gate import load_report, parse_regression
+    from .bench.runner import SCHEMA, validate_request
+
+    if json_path == "-" and markdown_path == "-":
+        raise click.UsageError("--json - and --markdown - both want stdout; write one of them to a file")
+    console = _console(quiet, "-" if "-" in (json_path, markdown_path) else None)
+    if not console.is_terminal:  # logs and CI: room for the whole table instead of 80 columns
+        console.width = max(console.width, 150)
+    tolerance = parse_regression(max_regression)
+    baseline_report = load_report(baseline, SCHEMA) if baseline else None
+    request = BenchRequest(artifacts=tuple(artifact_dirs), backends=backends, batches=batches, threads=threads,
+                           plan=TimingPlan(warmup=warmup, iters=iters, min_time=min_time, block=block), data=data,
+                           limit=limit, seed=seed, profile_dir=profile_dir, cold_start=cold_start)
+    validate_request(request)
+    if from_json is not None:
+        report = load_report(from_json, SCHEMA, "--from-json")
+        report.pop("gate", None)
+    else:
+        with _bench_progress(console, quiet) as progress:
+            report = run_benchmark(request, DefaultSet(size, image_size, weights, seed, work),
+                                   log=lambda message: console.log(message), progress=progress)
+    if baseline_report is not None:
+        from .bench.gate import compare
+
+        report["gate"] = {"baseline": str(baseline),
+                          **compare(baseline_report, report, tolerance, absolute, allow_missing).to_dict()}
+    _bench_outputs(report, console, json_path, markdown_path, plot_path)
+    if baseline_report is not None:
+        _bench_verdict(report["gate"], console)
+
+
+class _bench_progress:
+    """A rich progress bar per stage of the benchmark, as a ``progress(label, done, total)`` callback."""
+
+    def __init__(self, console: Console, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console, transient=True, disable=quiet)
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total)
+        self.bar.update(self.tasks[label], completed=done, total=max(total, done))
+
+    def __enter__(self) -> "_bench_progress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.bar.__exit__(*exc)
+        return False
+
+
+def _bench_outputs(report: dict, console: Console, json_path, markdown_path, plot_path) -> None:
+    from .bench.plot import plot_pareto
+    from .bench.report import markdown_report, print_report
+
+    print_report(console, report)
+    if markdown_path:
+        text = markdown_report(report)
+        if markdown_path == "-":
+            sys.stdout.write(text)
+        else:
+            try:
+                Path(markdown_path).write_text(text)
+            except OSError as error:
+                raise CommandError(f"--markdown {markdown_path}: cannot write ({error.strerror})", 1) from None
+    if plot_path:
+        plot_pareto(report, plot_path)
+        console.log(f"plot written to {plot_path}")
+    write_json(json_path, report)
+
+
+def _bench_verdict(gate: dict, console: Console) -> None:
+    """Exit 1 with the table of regressions (or missing rows), 0 with a summary."""
+    from .bench.report import print_gate
+
+    print_gate(console, gate, gate["baseline"])
+    if not gate["passed"]:
+        regressed = [c["row"] for c in gate["compared"] if c["regressed"]]
+        missing = gate["missing_in_current"] + gate["missing_in_baseline"]
+        reasons = ([f"regressed: {', '.join(regressed)}"] if regressed else []) + (
+            [f"missing rows: {', '.join(missing)} (--allow-missing to accept)"] if missing else [])
+        raise CommandError("latency gate failed: " + "; ".join(reasons), 1)
+
+
+def bench_main() -> None:  # console-script entry point
+    bench_command(prog_name="convnext-bench")

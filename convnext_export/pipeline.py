@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import json
 import platform
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from . import __version__
 from .artifact import Artifact, WeightsSource, file_sha256, staged_directory, write_manifest
 from .backends.onnxruntime import OnnxRuntimeBackend
+from .calibration.cache import CACHE_FILE
+from .calibration.int8 import Int8Options
+from .calibration.recipe import TARGETS
 from .config import ConvNeXtConfig, get_config, UnknownSizeError
 from .drift import drift_metrics
 from .errors import InputError
-from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx
+from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
 from .fusion import FUSIONS, fuse_model
 from .model import ConvNeXt, build_model
 from .preprocess import Preprocessing, torchvision_preprocessing
 
 DRIFT_SAMPLES = 4
+FP16_VALIDATION_SAMPLES = 8
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -58,9 +65,13 @@ class ExportRequest:
     precision: str = "fp32"
     out: Path | None = None
     force: bool = False
+    target: str = "cpu"  # INT8 Q/DQ layout: "cpu" | "tensorrt"
+    int8: Int8Options = field(default_factory=Int8Options)  # calibration, exclusions, drift budget
+    fp16_io: bool = False  # FP16 inputs/outputs (default FP32 I/O around an FP16 graph)
 
     def default_out(self, config: ConvNeXtConfig) -> Path:
-        return Path("artifacts") / f"convnext_{config.name}-{self.precision}"
+        suffix = "-tensorrt" if self.precision == "int8" and self.target == "tensorrt" else ""
+        return Path("artifacts") / f"convnext_{config.name}-{self.precision}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -171,8 +182,47 @@ def validate_request(request: ExportRequest) -> None:
         raise InputError(f"--batch {request.batch}: a static batch must be >= 1 (omit it for a dynamic batch)")
     if request.num_classes is not None and request.num_classes < 1:
         raise InputError(f"--num-classes {request.num_classes}: must be >= 1")
-    if request.precision != "fp32":
-        raise InputError(f"precision {request.precision!r} is not available yet; FP32 only")
+    if request.precision not in PRECISIONS:
+        raise InputError(f"precision {request.precision!r}: use one of {', '.join(PRECISIONS)}")
+    if request.target not in TARGETS:
+        raise InputError(f"--target {request.target!r}: use one of {', '.join(TARGETS)}")
+    if request.precision == "int8":
+        request.int8.validate()
+    if request.fp16_io and request.precision != "fp16":
+        raise InputError("--fp16-io applies to --fp16 exports only")
+    if request.precision != "fp32" and not request.fuse:
+        raise InputError(f"--{request.precision} works on the fused graph (its INT8 recipe and FP32 LayerNorm "
+                         f"need one op per layer); drop --no-fuse")
+
+
+def eager_runner(model: ConvNeXt, batch_size: int = 16):
+    """float32 images -> eager FP32 logits, in chunks (the reference every precision is compared with)."""
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy()
+                                   for i in range(0, len(images), batch_size)])
+    return run
+
+
+def apply_precision(request: ExportRequest, reference: ReferenceModel, fp32_path: Path, staging: Path, out: Path,
+                    kept_layer_scale: set[str], log) -> tuple[dict, dict]:
+    """The precision step on the checked FP32 graph: writes ``staging/model.onnx``; returns (drift, manifest extra)."""
+    model_path = staging / "model.onnx"
+    eager = eager_runner(reference.model)
+    if request.precision == "int8":
+        from .calibration.int8 import build_int8
+
+        previous = out / CACHE_FILE if request.force and (out / CACHE_FILE).is_file() else None
+        result = build_int8(fp32_path, model_path, eager, reference.preprocessing, request.batch, request.int8,
+                            request.target, tool_versions(), previous_cache=previous, cache_out=staging / CACHE_FILE,
+                            log=log)
+        return result.drift, result.report
+    from .fp16 import build_fp16
+
+    images = drift_inputs(reference.preprocessing, request.batch or FP16_VALIDATION_SAMPLES, request.seed + 1)
+    result = build_fp16(fp32_path, model_path, eager, images, request.batch, request.fp16_io, kept_layer_scale, log)
+    drift = {"inputs": f"{len(images)} seeded standard-normal images", **result.drift}
+    return drift, result.report
 
 
 def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportResult:
@@ -181,15 +231,24 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
     started = time.perf_counter()
     reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
     out = request.out or request.default_out(reference.config)
-    with staged_directory(out, request.force) as staging:
+    with staged_directory(out, request.force) as staging, tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work:
+        kept_layer_scale: set[str] = set()
+        if request.fuse and request.precision == "fp16":
+            from .fp16 import blocks_keeping_layer_scale
+
+            kept_layer_scale = blocks_keeping_layer_scale(reference.model)
+            if kept_layer_scale:
+                log(f"FP16: layer scale kept as a separate multiply in {len(kept_layer_scale)} block(s) "
+                    f"where folding it into pwconv2 would underflow")
         if request.fuse:
-            graph_model, fusions = fuse_model(reference.model)
+            graph_model, fusions = fuse_model(reference.model, keep_layer_scale=kept_layer_scale)
             fusions = {**fusions, "gelu_as_one_op": fusions["gelu_as_one_op"] if request.opset >= 20 else 0}
         else:
             graph_model, fusions = reference.model, {name: 0 for name in FUSIONS}
         log(f"exporting {reference.config.name} (opset {request.opset}, "
             f"{'static batch ' + str(request.batch) if request.batch else 'dynamic batch'})")
-        exported = export_onnx(graph_model, staging / "model.onnx", reference.preprocessing.image_size,
+        fp32_path = staging / "model.onnx" if request.precision == "fp32" else Path(work) / "fp32.onnx"
+        exported = export_onnx(graph_model, fp32_path, reference.preprocessing.image_size,
                                opset=request.opset, batch=request.batch,
                                metadata=onnx_metadata(reference, fusions, "fp32"))
         images = drift_inputs(reference.preprocessing, request.batch or DRIFT_SAMPLES, request.seed + 1)
@@ -199,13 +258,22 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
         drift = drift_metrics(onnx_out, eager)
         check_fp32_drift(drift["relative_max_abs"])
         drift = {"inputs": f"{len(images)} seeded standard-normal images", "backend": "onnxruntime", **drift}
+        census, extra = exported.op_census, {}
+        if request.precision != "fp32":
+            extra["fp32_drift"] = drift
+            drift, extra_precision = apply_precision(request, reference, exported.path, staging, out,
+                                                     kept_layer_scale, log)
+            extra.update(extra_precision)
+            census = op_census(onnx.load(str(staging / "model.onnx"), load_external_data=False))
+        model_path = staging / "model.onnx"
         artifact = Artifact(
-            directory=out, model_file="model.onnx", format="onnx", precision="fp32",
+            directory=out, model_file="model.onnx", format="onnx", precision=request.precision,
             config=reference.config, preprocessing=reference.preprocessing, weights=reference.weights,
-            fusions=fusions, opset=request.opset, batch=request.batch, model_sha256=file_sha256(exported.path),
+            fusions=fusions, opset=request.opset, batch=request.batch, model_sha256=file_sha256(model_path),
             drift=drift, versions=tool_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            extra={"op_census": exported.op_census, "export_seconds": round(exported.seconds, 2)},
+            target=request.target if request.precision == "int8" else None,
+            extra={"op_census": census, "export_seconds": round(exported.seconds, 2), **extra},
         )
         write_manifest(artifact.with_changes(directory=staging))
-        size_bytes = exported.path.stat().st_size
-    return ExportResult(artifact, exported.op_census, time.perf_counter() - started, size_bytes)
+        size_bytes = model_path.stat().st_size
+    return ExportResult(artifact, census, time.perf_counter() - started, size_bytes)

@@ -1,9 +1,23 @@
-"""The Backend protocol: load an artifact, run a batch, say what it is."""
+"""The Backend protocol: load an artifact, run a batch, say what it is.
+
+Every runtime is one module behind this protocol, registered below by name with what it
+consumes and how it is opened, and imported only when asked for. A runtime or device that
+is missing here raises ``BackendUnavailable`` with what to install; ``convnext-bench`` lists
+such a backend as skipped, never crashes.
+
+How a backend is opened (``BackendSpec.open``):
+
+- ``consumes="reference"``: ``Factory(model, threads=..., **options)`` with the eager nn.Module;
+- ``consumes="onnx"``: ``Factory(model_path, threads=..., profile_prefix=..., **options)``;
+- ``consumes="engine"``: ``Factory(engine_path, threads=..., **options)`` (TensorRT engines).
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,19 +38,93 @@ class Backend(Protocol):
         """What runs: runtime, version, provider/device, threads."""
 
 
-# name -> (module, factory): modules are imported only when the backend is asked for.
-_BACKENDS = {
-    "torch": ("convnext_export.backends.torch_eager", "TorchBackend"),
-    "onnxruntime": ("convnext_export.backends.onnxruntime", "OnnxRuntimeBackend"),
-}
+@dataclass(frozen=True)
+class BackendSpec:
+    """A registered backend: where its class lives, what it consumes, fixed constructor options."""
+
+    name: str
+    module: str
+    factory: str
+    consumes: str  # "reference" | "onnx" | "engine"
+    summary: str
+    options: dict[str, Any] = field(default_factory=dict)
+    install_hint: str | None = None
+    default: bool = True  # part of convnext-bench's default --backends
+    runtime_modules: tuple[str, ...] = ()  # imported ahead of a cold-start measurement, which excludes import time
+
+    def load_class(self) -> type:
+        try:
+            module = importlib.import_module(self.module)
+        except ModuleNotFoundError as error:
+            if error.name and self.module.startswith(error.name):
+                raise BackendUnavailable(f"backend {self.name!r} is not part of this version") from None
+            raise BackendUnavailable(f"{error.name} is not installed: {self.install_hint or 'install it'}") from None
+        return getattr(module, self.factory)
+
+    def import_runtime(self) -> None:
+        """Import the backend module and its runtime packages; ``BackendUnavailable`` names what to install."""
+        self.load_class()
+        for module in self.runtime_modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise BackendUnavailable(f"{module} is not installed: {self.install_hint or 'pip install ' + module}") from None
+
+    def accepts(self, artifact_format: str) -> bool:
+        """Whether this backend can run an artifact of this format (``onnx`` / ``tensorrt``)."""
+        return {"onnx": "onnx", "engine": "tensorrt"}.get(self.consumes) == artifact_format
+
+    def open(self, *, model: Any = None, model_path: str | Path | None = None, threads: int | None = None,
+             profile_prefix: str | None = None) -> Backend:
+        """Create a ready-to-run backend; raises ``BackendUnavailable`` where it cannot run here."""
+        factory = self.load_class()
+        if self.consumes == "reference":
+            return factory(model, threads=threads, **self.options)
+        if self.consumes == "onnx":
+            return factory(model_path, threads=threads, profile_prefix=profile_prefix, **self.options)
+        return factory(model_path, threads=threads, **self.options)
+
+
+# Modules are imported only when a backend is asked for.
+_SPECS = [
+    BackendSpec("torch", "convnext_export.backends.torch_eager", "TorchBackend", "reference",
+                "PyTorch eager FP32, the reference", runtime_modules=("torch",)),
+    BackendSpec("torch-compile", "convnext_export.backends.torch_eager", "TorchBackend", "reference",
+                "PyTorch eager model under torch.compile (inductor)", options={"compile": True}, default=False,
+                runtime_modules=("torch", "torch._inductor")),
+    BackendSpec("onnxruntime", "convnext_export.backends.onnxruntime", "OnnxRuntimeBackend", "onnx",
+                "ONNX Runtime, CPU execution provider", runtime_modules=("onnxruntime",)),
+    BackendSpec("onnxruntime-cuda", "convnext_export.backends.onnxruntime", "OnnxRuntimeBackend", "onnx",
+                "ONNX Runtime, CUDA execution provider", options={"provider": "CUDAExecutionProvider"},
+                install_hint="pip install onnxruntime-gpu (and a CUDA GPU)", runtime_modules=("onnxruntime",)),
+    BackendSpec("onnxruntime-tensorrt", "convnext_export.backends.onnxruntime", "OnnxRuntimeBackend", "onnx",
+                "ONNX Runtime, TensorRT execution provider", options={"provider": "TensorrtExecutionProvider"},
+                install_hint="pip install onnxruntime-gpu tensorrt (and a CUDA GPU)",
+                runtime_modules=("onnxruntime",)),
+    BackendSpec("openvino", "convnext_export.backends.openvino", "OpenVinoBackend", "onnx",
+                "OpenVINO CPU plugin on the same ONNX (its default inference precision)",
+                install_hint="pip install 'convnext-export[openvino]'", runtime_modules=("openvino",)),
+    BackendSpec("tensorrt", "convnext_export.backends.tensorrt", "TensorRTBackend", "engine",
+                "TensorRT engine artifacts", install_hint="pip install 'convnext-export[tensorrt]' (and a CUDA GPU)",
+                runtime_modules=("tensorrt",)),
+]
+_BACKENDS = {spec.name: spec for spec in _SPECS}
 
 
 def backend_names() -> list[str]:
     return list(_BACKENDS)
 
 
-def get_backend(name: str) -> type:
+def default_backend_names() -> list[str]:
+    return [spec.name for spec in _SPECS if spec.default]
+
+
+def backend_spec(name: str) -> BackendSpec:
     if name not in _BACKENDS:
         raise InputError(f"unknown backend {name!r}; valid backends: {', '.join(_BACKENDS)}")
-    module, factory = _BACKENDS[name]
-    return getattr(importlib.import_module(module), factory)
+    return _BACKENDS[name]
+
+
+def get_backend(name: str) -> type:
+    """The class behind a backend name (raises ``BackendUnavailable`` when it is not installed)."""
+    return backend_spec(name).load_class()

@@ -12,6 +12,14 @@ import numpy as np
 
 from .base import BackendUnavailable
 
+# provider -> (backend name, hint); GPU providers keep the CPU provider as ONNX Runtime's fallback.
+PROVIDERS = {
+    "CPUExecutionProvider": ("onnxruntime", "pip install onnxruntime"),
+    "CUDAExecutionProvider": ("onnxruntime-cuda", "pip install onnxruntime-gpu on a machine with a CUDA GPU"),
+    "TensorrtExecutionProvider": ("onnxruntime-tensorrt",
+                                  "pip install onnxruntime-gpu tensorrt on a machine with a CUDA GPU"),
+}
+
 
 def _onnxruntime():
     try:
@@ -41,13 +49,17 @@ class OnnxRuntimeBackend:
     def __init__(self, model_path: str | Path, threads: int | None = None, provider: str = "CPUExecutionProvider",
                  spinning: bool = False, profile_prefix: str | None = None) -> None:
         ort = _onnxruntime()
+        name, hint = PROVIDERS.get(provider, (f"onnxruntime-{provider}", "a build of onnxruntime with it"))
         if provider not in ort.get_available_providers():
             raise BackendUnavailable(
-                f"ONNX Runtime provider {provider} is not available here (have: {', '.join(ort.get_available_providers())})"
+                f"ONNX Runtime provider {provider} is not available here "
+                f"(have: {', '.join(ort.get_available_providers())}); {hint}"
             )
+        self.name = name
         self.threads, self.provider, self.spinning = threads, provider, spinning
+        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(
-            str(model_path), session_options(threads, spinning, profile_prefix), providers=[provider]
+            str(model_path), session_options(threads, spinning, profile_prefix), providers=providers
         )
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type
@@ -58,9 +70,10 @@ class OnnxRuntimeBackend:
         return np.asarray(self.session.run(None, {self.input_name: images})[0], np.float32)
 
     def end_profiling(self) -> str:
+        """Stop profiling and return the trace file (Chrome trace JSON)."""
         return self.session.end_profiling()
 
     def describe(self) -> dict:
         ort = _onnxruntime()
         return {"runtime": "onnxruntime", "version": ort.__version__, "provider": self.provider,
-                "threads": self.threads, "spinning": self.spinning}
+                "providers_in_use": self.session.get_providers(), "threads": self.threads, "spinning": self.spinning}

@@ -1,0 +1,323 @@
+"""Peers: this project's artifacts beside what a user would otherwise do, timed in ONE run.
+
+    python benchmarks/peers.py [--size tiny] [--threads 2] [--iters 60] [--markdown peers.md] [--json peers.json]
+
+ConvNeXt at batch 1 on this CPU. Every variant starts from the same weights: a ConvNeXt with
+seeded random weights made trained-like (layer scales ~U(0.2, 1), LayerNorm affines away from
+1/0; the 1e-6 layer-scale init would make every block nearly the identity and hide INT8
+error), saved as an official-layout checkpoint that both this project and timm load. Variants:
+
+- eager FP32 (the reference every speedup and drift is measured against);
+- this project's FP32 and INT8 artifacts in ONNX Runtime (CPU), the FP32 one also in OpenVINO;
+- timm's ConvNeXt + ``torch.onnx.export`` (default opset and opset 20) + ONNX Runtime;
+- ONNX Runtime ``quantize_static`` with its defaults on that export (calibration: 32 real images);
+- ``torch.compile`` (inductor, defaults) of the eager model;
+- PyTorch's x86 INT8: PT2E with ``X86InductorQuantizer`` (torchao), then ``torch.compile``
+  with inductor freezing on, as its tutorial does;
+- BF16 autocast of the eager model (this CPU has AVX-512 BF16);
+- OpenVINO from the PyTorch model at its default precision (BF16 on this CPU), and NNCF INT8
+  (``nncf.quantize`` defaults, same 32 calibration images).
+
+Timing: all variants in one alternating-block measurement (``convnext_export.bench.timing``),
+each ONNX Runtime session with the same threads and intra-op spinning off (spinning made ORT
+look ~40% faster than it is by slowing whatever ran next), OpenVINO with the same thread
+count. Speedup = paired per-round median vs eager. Drift = logits vs eager on 16 real
+ImageNet sample images. A peer that fails to build or run becomes a row with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
+from convnext_export.bench.environment import environment
+from convnext_export.bench.timing import TimingPlan, input_pool, latency_stats, measure_alternating, paired_speedup
+from convnext_export.config import get_config
+from convnext_export.drift import drift_metrics
+from convnext_export.model import build_model
+from convnext_export.pipeline import ExportRequest, export_artifact
+from convnext_export.preprocess import Preprocessing
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
+CALIBRATION_IMAGES, DRIFT_IMAGES = 32, 16
+
+
+@dataclass
+class Peer:
+    name: str
+    how: str
+    run: Callable[[np.ndarray], np.ndarray] | None = None
+    error: str | None = None
+    setup_s: float = 0.0
+    results: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Layer scales ~U(0.2, 1), LayerNorm weights ~1 + 0.3 N, biases ~0.1 N (in place)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if name.endswith("gamma"):
+            parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.8 + 0.2)
+    for module in model.modules():
+        if "LayerNorm" in type(module).__name__:
+            module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
+            module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+    return model
+
+
+def real_images(count: int, offset: int, preprocessing: Preprocessing) -> np.ndarray:
+    from convnext_export.datasets import open_dataset
+
+    dataset = open_dataset(DATA, preprocessing)
+    images = np.concatenate([batch.images for batch in dataset.batches(32)])
+    if len(images) < offset + count:
+        raise SystemExit(f"{DATA}: needs {offset + count} images, has {len(images)}")
+    return images[offset:offset + count]
+
+
+def guarded(name: str, how: str, build: Callable[[], Callable[[np.ndarray], np.ndarray]], probe: np.ndarray) -> Peer:
+    """Build a peer and run it once; any failure becomes the row's error, never a crash."""
+    started = time.perf_counter()
+    print(f"building {name} ...", file=sys.stderr, flush=True)
+    try:
+        run = build()
+        run(probe)
+        return Peer(name, how, run, setup_s=time.perf_counter() - started)
+    except Exception as error:  # noqa: BLE001 - a peer's failure is a result
+        traceback.print_exc(file=sys.stderr)
+        message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        return Peer(name, how, error=f"{type(error).__name__}: {message}", setup_s=time.perf_counter() - started)
+
+
+def torch_runner(module: Callable, autocast: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    @torch.inference_mode()
+    def run(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images)
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return module(x).float().numpy()
+        return module(x).float().numpy()
+
+    return run
+
+
+def openvino_runner(ov_model, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    print(f"  OpenVINO inference precision: {precision}", file=sys.stderr)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        request.infer({0: images})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+    return run
+
+
+def build_peers(size: str, threads: int, seed: int, work: Path) -> tuple[list[Peer], np.ndarray]:
+    config = get_config(size)
+    preprocessing = Preprocessing()
+    model = trained_like(build_model(config, seed), seed)
+    checkpoint = work / f"convnext_{size}.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    calibration = real_images(CALIBRATION_IMAGES, 0, preprocessing)
+    probe = calibration[:1]
+    torch.set_num_threads(threads)
+    peers: list[Peer] = []
+    add = lambda name, how, build: peers.append(guarded(name, how, build, probe))  # noqa: E731
+
+    add("eager FP32 (reference)", "this project's faithful ConvNeXt, torch eager", lambda: torch_runner(model))
+
+    def ours(precision: str) -> Callable:
+        def build():
+            request = ExportRequest(size=size, weights=checkpoint, precision=precision, out=work / f"ours-{precision}")
+            return OnnxRuntimeBackend(export_artifact(request).artifact.model_path, threads=threads).run
+        return build
+
+    add("convnext-export FP32 + ORT", "fused FP32 artifact, ONNX Runtime CPU", ours("fp32"))
+    add("convnext-export INT8 + ORT", "INT8 artifact (target cpu), ONNX Runtime CPU", ours("int8"))
+
+    def ours_openvino():
+        from convnext_export.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(work / "ours-fp32" / "model.onnx", threads=threads).run
+
+    add("convnext-export FP32 + OpenVINO", "fused FP32 artifact, OpenVINO CPU at its default precision", ours_openvino)
+
+    import timm
+    from timm.models.convnext import checkpoint_filter_fn
+
+    timm_model = timm.create_model(f"convnext_{size}", pretrained=False, num_classes=config.num_classes).eval()
+    timm_model.load_state_dict(checkpoint_filter_fn({"model": model.state_dict()}, timm_model))
+    example = torch.from_numpy(probe)
+
+    def timm_onnx(opset: int | None) -> Path:
+        path = work / f"timm-opset{opset or 'default'}.onnx"
+        if not path.exists():
+            kwargs = {} if opset is None else {"opset_version": opset}
+            torch.onnx.export(timm_model, (example,), str(path), dynamo=True, external_data=False, **kwargs)
+        return path
+
+    def timm_ort(opset: int | None) -> Callable:
+        return lambda: OnnxRuntimeBackend(timm_onnx(opset), threads=threads).run
+
+    add("timm + torch.onnx.export (default opset) + ORT", "dynamo exporter defaults, batch 1, ORT CPU", timm_ort(None))
+    add("timm + torch.onnx.export (opset 20) + ORT", "dynamo exporter, opset 20, ORT CPU", timm_ort(20))
+
+    def ort_quantize_static():
+        import onnx
+        from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+        source = timm_onnx(None)
+        input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.images = iter(calibration)
+
+            def get_next(self):
+                image = next(self.images, None)
+                return None if image is None else {input_name: image[None]}
+
+        out = work / "timm-quantize-static.onnx"
+        quantize_static(str(source), str(out), Reader())
+        return OnnxRuntimeBackend(out, threads=threads).run
+
+    add("ORT quantize_static (defaults)", "QDQ, defaults of onnxruntime.quantization, 32 calibration images",
+        ort_quantize_static)
+
+    add("torch.compile", "inductor, default mode, eager model", lambda: torch_runner(torch.compile(copy.deepcopy(model))))
+
+    def pt2e_int8():
+        import torch._inductor.config as inductor_config
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        exported = torch.export.export(copy.deepcopy(model), (example,)).module()
+        quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for image in calibration:
+                prepared(torch.from_numpy(image[None]))
+        converted = convert_pt2e(prepared)
+        inductor_config.freezing = True  # as the x86 inductor INT8 tutorial: constant-fold the int8 weights
+        compiled = torch.compile(converted)
+        run = torch_runner(compiled)
+        run(probe)  # compile now, while freezing is on
+        inductor_config.freezing = False
+        return run
+
+    add("PT2E X86InductorQuantizer INT8 + torch.compile", "torchao PT2E, default x86 config, freezing on", pt2e_int8)
+    add("BF16 autocast", "torch.autocast('cpu', bfloat16), eager", lambda: torch_runner(model, autocast=True))
+
+    def openvino_default():
+        import openvino as ov
+
+        return openvino_runner(ov.convert_model(timm_model, example_input=example), threads)
+
+    add("OpenVINO (default precision)", "ov.convert_model(timm model), CPU, LATENCY hint", openvino_default)
+
+    def nncf_int8():
+        import nncf
+        import openvino as ov
+
+        ov_model = ov.convert_model(timm_model, example_input=example)
+        quantized = nncf.quantize(ov_model, nncf.Dataset([image[None] for image in calibration]))
+        return openvino_runner(quantized, threads)
+
+    add("OpenVINO + NNCF INT8", "nncf.quantize defaults, 32 calibration images", nncf_int8)
+    drift = real_images(DRIFT_IMAGES, CALIBRATION_IMAGES, preprocessing)
+    return peers, drift
+
+
+def measure(peers: list[Peer], drift_images: np.ndarray, image_size: int, plan: TimingPlan, seed: int) -> None:
+    eager = peers[0]
+    reference = np.concatenate([eager.run(image[None]) for image in drift_images])
+    for peer in peers:
+        if peer.run is None:
+            continue
+        try:
+            outputs = np.concatenate([peer.run(image[None]) for image in drift_images])
+            peer.results["drift"] = drift_metrics(outputs, reference)
+        except Exception as error:  # noqa: BLE001
+            peer.error, peer.run = f"{type(error).__name__}: {str(error)[:160]}", None
+    live = [p for p in peers if p.run is not None]
+    pool = input_pool(1, image_size, plan.pool, seed)
+    timings = measure_alternating({p.name: p.run for p in live}, pool, plan,
+                                  on_round=lambda r: print(f"round {r}", file=sys.stderr, end="\r", flush=True))
+    for peer in live:
+        peer.results["latency_ms"] = latency_stats(timings[peer.name].samples, 1)
+        peer.results["speedup"] = paired_speedup(timings[eager.name], timings[peer.name])
+
+
+def markdown(peers: list[Peer], env: dict, command: str) -> str:
+    lines = [
+        f"ConvNeXt-{env['model']} at {env['image_size']} px, batch 1, {env['threads']} threads, {env['cpu']['model']} "
+        f"({', '.join(env['cpu']['flags'])}); torch {env['versions']['torch']}, onnxruntime "
+        f"{env['versions']['onnxruntime']}, openvino {env['versions']['openvino']}. One run: `{command}`.",
+        "",
+        "| variant | how | p50 ms | speedup vs eager | drift (rel. max-abs) | top-1 agree | top-5 agree | KL |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for peer in peers:
+        if peer.error:
+            lines.append(f"| {peer.name} | {peer.how} | failed: {peer.error.replace('|', '/')} | | | | | |")
+            continue
+        lat, speed, drift = peer.results["latency_ms"], peer.results["speedup"], peer.results["drift"]
+        reference = peer is peers[0]
+        lines.append(
+            f"| {peer.name} | {peer.how} | {lat['p50']:.1f} | {speed['speedup']:.2f}x ±{speed['spread']:.0%} | "
+            + ("ref | ref | ref | ref |" if reference else
+               f"{drift['relative_max_abs']:.1e} | {drift['top1_agreement']:.0%} | {drift['top5_agreement']:.0%} | "
+               f"{drift['kl_mean']:.1e} |"))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"needs the ImageNet samples at {DATA} (see ../shared/data/README.md)")
+    command = "python benchmarks/peers.py " + " ".join(sys.argv[1:])
+    plan = TimingPlan(warmup=args.warmup, iters=args.iters, block=5)
+    with tempfile.TemporaryDirectory(prefix="convnext-peers-") as tmp:
+        peers, drift_images = build_peers(args.size, args.threads, args.seed, Path(tmp))
+        measure(peers, drift_images, 224, plan, args.seed)
+    env = {**environment(args.threads), "model": args.size[0].upper() + args.size[1:], "image_size": 224}
+    table = markdown(peers, env, command)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "command": command, "timing": plan.describe(),
+                                         "python": platform.python_version(),
+                                         "peers": [{"name": p.name, "how": p.how, "error": p.error,
+                                                    "setup_s": p.setup_s, **p.results} for p in peers]},
+                                        indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

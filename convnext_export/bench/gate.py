@@ -1,0 +1,141 @@
+"""The latency regression gate: compare a bench report with a committed baseline.
+
+Rows match on (model, precision, target, backend, batch). By default the gate compares each
+row's speedup vs the eager model of its own run, which a slower or busier machine changes far
+less than milliseconds. A row regresses when its value worsens by more than
+``max_regression`` plus the spread both runs measured for it:
+
+- speedup (default): change = new/old - 1; regressed when change < -(max_regression + s_old + s_new),
+  where s is the row's ``speedup_vs_eager.spread``: the relative 95% half-width of the median
+  of the per-round paired speedups (1.96 x 1.2533 x (IQR/1.349) / sqrt(rounds) / median);
+- ``absolute``: change = new p50 / old p50 - 1 (ms); regressed when change > max_regression + s_old + s_new,
+  with s the same 95% half-width of the latency median (from the IQR of its runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from .environment import same_machine
+
+SCHEMA_PREFIX = "convnext-bench/"
+NOISY_SPREAD = 0.25  # spreads adding more than this to the tolerance are reported
+
+
+def row_key(row: dict) -> tuple:
+    return (row["model"], row["precision"], row.get("target"), row["backend"], int(row["batch"]))
+
+
+def key_label(key: tuple) -> str:
+    model, precision, target, backend, batch = key
+    return f"{model}/{precision}/{target or '-'}/{backend}/b{batch}"
+
+
+def parse_regression(text: str) -> float:
+    """'10%' or '0.1' -> 0.1."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise InputError(f"--max-regression {text!r}: give a percentage like 10% or a fraction like 0.1") from None
+    if not 0 <= value < 1:
+        raise InputError(f"--max-regression {text!r}: must be between 0% and 100%")
+    return value
+
+
+def load_report(path: str | Path, schema: str, option: str = "--baseline") -> dict:
+    """A bench JSON of this schema; anything else is an InputError naming the option and what was found."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{option} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{option} {path}: not a convnext-bench JSON report (not readable JSON: {error})") from None
+    found = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(found, str) or not found.startswith(SCHEMA_PREFIX):
+        raise InputError(f"{option} {path}: not a convnext-bench JSON report (schema {found!r}, expected {schema!r}); "
+                         "write one with convnext-bench --json FILE")
+    if found != schema:
+        raise InputError(f"{option} {path}: report schema {found!r} is not this version's {schema!r}; "
+                         "re-record it with this convnext-bench")
+    if not isinstance(data.get("rows"), list):
+        raise InputError(f"{option} {path}: report has no rows list; it is truncated or hand-edited")
+    try:
+        for row in data["rows"]:
+            row_key(row), row["speedup_vs_eager"]["speedup"], row["latency_ms"]["p50"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{option} {path}: a row lacks {error}; re-record it") from None
+    return data
+
+
+def latency_spread(row: dict) -> float:
+    lat = row["latency_ms"]
+    runs = max(int(row.get("runs", 1)), 1)
+    return 1.96 * 1.2533 * (lat.get("iqr", 0.0) / 1.349) / math.sqrt(runs) / lat["p50"] if lat["p50"] > 0 else 0.0
+
+
+@dataclass
+class GateResult:
+    max_regression: float
+    absolute: bool
+    compared: list[dict] = field(default_factory=list)
+    missing_in_current: list[str] = field(default_factory=list)
+    missing_in_baseline: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    allow_missing: bool = False
+
+    @property
+    def regressions(self) -> list[dict]:
+        return [c for c in self.compared if c["regressed"]]
+
+    @property
+    def passed(self) -> bool:
+        missing = self.missing_in_current or self.missing_in_baseline
+        return not self.regressions and (self.allow_missing or not missing)
+
+    def to_dict(self) -> dict:
+        return {"mode": "absolute-ms" if self.absolute else "speedup-vs-eager", "max_regression": self.max_regression,
+                "passed": self.passed, "compared": self.compared, "missing_in_current": self.missing_in_current,
+                "missing_in_baseline": self.missing_in_baseline, "notes": self.notes}
+
+
+def compare(baseline: dict, current: dict, max_regression: float, absolute: bool = False,
+            allow_missing: bool = False) -> GateResult:
+    result = GateResult(max_regression, absolute, allow_missing=allow_missing)
+    old_rows, new_rows = ({row_key(r): r for r in report["rows"]} for report in (baseline, current))
+    for label, report in (("baseline", baseline), ("this run", current)):
+        if len({row_key(r) for r in report["rows"]}) != len(report["rows"]):
+            result.notes.append(f"{label} has several rows with one (model, precision, target, backend, batch); "
+                                "the last of each was compared")
+    differences = same_machine(baseline.get("environment", {}), current.get("environment", {}))
+    if differences:
+        result.notes.append("baseline is from another machine or setting (" + "; ".join(differences) + ")" +
+                            (": absolute milliseconds are not comparable" if absolute else
+                             ": speedups vs eager still are, roughly"))
+    result.missing_in_current = [key_label(k) for k in old_rows if k not in new_rows]
+    result.missing_in_baseline = [key_label(k) for k in new_rows if k not in old_rows]
+    for key, new in new_rows.items():
+        old = old_rows.get(key)
+        if old is None or (not absolute and key[3] == "torch"):
+            continue  # eager's speedup is 1 by definition
+        if absolute:
+            before, after = old["latency_ms"]["p50"], new["latency_ms"]["p50"]
+            allowed = max_regression + latency_spread(old) + latency_spread(new)
+            change = after / before - 1
+            regressed = change > allowed
+        else:
+            before, after = old["speedup_vs_eager"]["speedup"], new["speedup_vs_eager"]["speedup"]
+            allowed = max_regression + old["speedup_vs_eager"]["spread"] + new["speedup_vs_eager"]["spread"]
+            change = after / before - 1
+            regressed = change < -allowed
+        result.compared.append({"row": key_label(key), "baseline": before, "current": after, "change": change,
+                                "allowed": allowed, "regressed": bool(regressed)})
+        if allowed - max_regression > NOISY_SPREAD:
+            result.notes.append(f"{key_label(key)}: measured spread adds {allowed - max_regression:.0%} to the tolerance; "
+                                "regressions smaller than that go unseen: rerun with more --iters on a quieter machine")
+    return result

@@ -1,0 +1,155 @@
+"""The bench report as a terminal table (rich) and as Markdown for PR comments."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _variant(row: dict) -> str:
+    return f"{row['model']} {row['precision']}" + (f"/{row['target']}" if row.get("target") else "")
+
+
+def _speedup(row: dict) -> str:
+    s = row["speedup_vs_eager"]
+    return f"{s['speedup']:.2f}x" + (f" ±{s['spread']:.0%}" if s["spread"] else "")
+
+
+def is_reference(row: dict) -> bool:
+    """The eager row every speedup and drift is measured against."""
+    return row["backend"] == "torch" and row["artifact"] is None
+
+
+def _drift(row: dict) -> tuple[str, str]:
+    drift = row.get("drift")
+    if not drift:
+        return ("ref", "ref") if is_reference(row) else ("n/a", "n/a")
+    return f"{drift['relative_max_abs']:.1e}", f"{drift['top1_agreement']:.0%}"
+
+
+def _accuracy(row: dict) -> str:
+    accuracy = row.get("accuracy")
+    if not accuracy:
+        return ""
+    text = f"{accuracy['top1']:.1%}"
+    if row.get("drift"):
+        text += f" ({accuracy['delta_top1'] * 100:+.1f})"
+    return text
+
+
+def _cold(row: dict) -> tuple[str, str]:
+    cold = row.get("cold_start")
+    if not cold or "error" in cold:
+        return "n/a", "n/a"
+    peak = cold.get("peak_rss_mb")
+    return f"{cold['seconds']:.2f}", "n/a" if peak is None else f"{peak:.0f}"
+
+
+COLUMNS = ["variant", "backend", "batch", "p50 ms", "p99 ms", "CV", "img/s", "speedup", "cold s", "peak MB",
+           "drift", "top-1 agree"]
+
+
+def row_cells(row: dict, with_accuracy: bool) -> list[str]:
+    lat = row["latency_ms"]
+    drift, agreement = _drift(row)
+    cells = [_variant(row), row["backend"], str(row["batch"]), _ms(lat["p50"]), _ms(lat["p99"]), f"{lat['cv']:.0%}",
+             f"{row['throughput_ips']:.0f}", _speedup(row), *_cold(row), drift, agreement]
+    return cells + ([_accuracy(row)] if with_accuracy else [])
+
+
+def print_report(console: Console, report: dict) -> None:
+    env = report["environment"]
+    with_accuracy = any(row.get("accuracy") for row in report["rows"])
+    table = Table(title=f"convnext-bench: {env['cpu']['model']}, {env['threads']} threads", title_justify="left")
+    for name in COLUMNS + (["top-1 acc (Δ pt)"] if with_accuracy else []):
+        table.add_column(name, justify="left" if name in ("variant", "backend") else "right")
+    for row in report["rows"]:
+        table.add_row(*row_cells(row, with_accuracy))
+    console.print(table)
+    for artifact in report["artifacts"]:
+        if artifact.get("stage_drift"):
+            console.print(f"per-stage drift of {artifact['name']}: " + ", ".join(
+                f"stage {s['stage']} {s['relative_max_abs']:.1e} (cos {s['cosine_mean']:.4f})" for s in artifact["stage_drift"]))
+    for skipped in report["skipped"]:
+        console.print(f"[dim]skipped {skipped_label(skipped)}: {skipped['reason']}[/dim]")
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning[/yellow]: {warning}")
+
+
+def markdown_report(report: dict) -> str:
+    env = report["environment"]
+    settings = report["settings"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k != "convnext_export")
+    with_accuracy = any(row.get("accuracy") for row in report["rows"])
+    header = COLUMNS + (["top-1 acc (Δ pt)"] if with_accuracy else [])
+    lines = [
+        "### convnext-bench",
+        "",
+        f"{env['cpu']['model']} ({env['cpu']['cores']} cores; {', '.join(env['cpu']['flags']) or 'no AVX-512'}), "
+        f"{settings['threads']} threads; {versions}.",
+        f"Timing: {settings['timing']['method']}, >= {settings['timing']['min_runs']} runs per variant after "
+        f"{settings['timing']['warmup_runs']} warmup, blocks of {settings['timing']['block_runs']}; speedup = paired "
+        f"median vs eager in the same run (± its 95% spread). Cold start and peak RSS: a fresh process per row's "
+        f"backend. Drift: relative max-abs of logits vs eager on {_drift_inputs(report)}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+    ]
+    for row in report["rows"]:
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells(row, with_accuracy)) + " |")
+    for artifact in report["artifacts"]:
+        if artifact.get("stage_drift"):
+            lines += ["", f"Per-stage drift of `{artifact['name']}` (vs the fused FP32 eager model):", "",
+                      "| stage | shape | relative max-abs | relative RMS | cosine (mean) |", "|---:|---|---:|---:|---:|"]
+            lines += [f"| {s['stage']} | {'x'.join(map(str, s['shape']))} | {s['relative_max_abs']:.2e} | "
+                      f"{s['relative_rms']:.2e} | {s['cosine_mean']:.5f} |" for s in artifact["stage_drift"]]
+    if report["skipped"]:
+        lines += ["", "Skipped:", ""] + [f"- {skipped_label(s)}: {s['reason']}" for s in report["skipped"]]
+    if report["warnings"]:
+        lines += ["", "Warnings:", ""] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def skipped_label(skipped: dict) -> str:
+    if skipped.get("backend") is None:
+        return f"artifact {skipped['artifact']}"
+    return skipped["backend"] + (f" on {skipped['artifact']}" if skipped.get("artifact") else "")
+
+
+def _drift_inputs(report: dict) -> str:
+    for row in report["rows"]:
+        if row.get("drift"):
+            return row["drift"]["inputs"]
+    return "n/a"
+
+
+def print_gate(console: Console, gate: dict, baseline_path: str) -> None:
+    """The gate's verdict: a table of regressions (or of all compared rows when it passes)."""
+    unit = "p50 ms" if gate["mode"] == "absolute-ms" else "speedup"
+    failed = [c for c in gate["compared"] if c["regressed"]]
+    shown = failed or gate["compared"]
+    title = (f"[bold red]latency regressions vs {baseline_path}[/bold red]" if failed else
+             f"latency gate vs {baseline_path}: {len(gate['compared'])} rows within tolerance")
+    table = Table(title=title, title_justify="left")
+    for name in ("row", f"baseline {unit}", f"this run {unit}", "change", "allowed"):
+        table.add_column(name, justify="left" if name == "row" else "right")
+    for c in shown:
+        sign = "+" if gate["mode"] == "absolute-ms" else "-"
+        table.add_row(c["row"], f"{c['baseline']:.3g}", f"{c['current']:.3g}", f"{c['change']:+.1%}",
+                      f"{sign}{c['allowed']:.1%}", style="red" if c["regressed"] else None)
+    if shown:
+        console.print(table)
+    for label, rows in (("missing in this run", gate["missing_in_current"]),
+                        ("not in the baseline", gate["missing_in_baseline"])):
+        for row in rows:
+            console.print(f"[yellow]{label}[/yellow]: {row}")
+    for note in gate["notes"]:
+        console.print(f"[yellow]note[/yellow]: {note}")
+    verdict = "[green]gate passed[/green]" if gate["passed"] else "[bold red]gate failed[/bold red]"
+    console.print(f"{verdict}: {len(failed)} regressed, {len(gate['compared'])} compared "
+                  f"(mode {gate['mode']}, max regression {gate['max_regression']:.0%} + measured spread), "
+                  f"{len(gate['missing_in_current']) + len(gate['missing_in_baseline'])} missing")

@@ -1,0 +1,141 @@
+"""Calibration images: a seeded subset of any dataset form, or seeded noise; split into
+calibration batches and a hold-out that validates the quantized model.
+
+Everything downstream sees an iterable of float32 (N, 3, H, W) batches; only ``ranges``
+adapts it to ONNX Runtime's reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..preprocess import Preprocessing
+
+DEFAULT_CALIB_SIZE = 256
+HOLDOUT_FRACTION = 1 / 8
+MIN_HOLDOUT = 4
+SYNTHETIC_WARNING = ("calibrating on synthetic noise: its activation ranges are not representative of real "
+                     "images; pass --calib-data with a few hundred images of the model's domain")
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Images that set the ranges (``images``), images that check them (``holdout``), and their provenance."""
+
+    images: np.ndarray
+    holdout: np.ndarray
+    provenance: dict
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def synthetic(self) -> bool:
+        return self.provenance["kind"] == "synthetic"
+
+    def batches(self, batch_size: int, pad: bool = False) -> Iterator[np.ndarray]:
+        """Calibration images in batches of ``batch_size`` (``pad``: all full, for a static-batch graph)."""
+        yield from fixed_batches(self.images, batch_size, pad)
+
+    def describe(self) -> dict:
+        """What the manifest records: provenance with the file list reduced to a digest."""
+        summary = {k: v for k, v in self.provenance.items() if k != "files"}
+        if "files" in self.provenance:
+            summary["files_sha256"] = hashlib.sha256(json.dumps(self.provenance["files"]).encode()).hexdigest()
+        return {**summary, "calibration_images": len(self.images), "holdout_images": len(self.holdout)}
+
+
+def fixed_batches(images: np.ndarray, batch_size: int, pad: bool) -> Iterator[np.ndarray]:
+    """Consecutive batches; with ``pad`` every batch has exactly ``batch_size`` rows (the last repeats its final image)."""
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        if pad and len(batch) < batch_size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
+        yield np.ascontiguousarray(batch)
+
+
+def run_batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int | None,
+                default_batch: int = 16) -> np.ndarray:
+    """Outputs of ``run`` over all images; a static graph batch is filled by padding, the padding dropped."""
+    size = batch or default_batch
+    outputs = [np.asarray(run(chunk))[: min(size, len(images) - start)]
+               for start, chunk in zip(range(0, len(images), size), fixed_batches(images, size, pad=batch is not None))]
+    return np.concatenate(outputs)
+
+
+def holdout_count(total: int) -> int:
+    """1/8 of the images, at least 4, never more than half (0 when there is only one image)."""
+    return min(max(math.ceil(total * HOLDOUT_FRACTION), MIN_HOLDOUT), total // 2)
+
+
+def synthetic_images(preprocessing: Preprocessing, count: int, seed: int) -> np.ndarray:
+    """Seeded standard-normal images: the scale of normalized pixels, none of their structure."""
+    rng = np.random.default_rng(seed)
+    size = preprocessing.image_size
+    return rng.standard_normal((count, 3, size, size), dtype=np.float32)
+
+
+def _split(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed + 7919).permutation(len(images))
+    held = holdout_count(len(images))
+    return images[np.sort(order[held:])], images[np.sort(order[:held])]
+
+
+def file_provenance(files: list[Path], root: Path) -> list[list]:
+    """[relative name, size, mtime] per file: what the cache key hashes."""
+    rows = []
+    for file in files:
+        stat = os.stat(file)
+        name = str(file.relative_to(root)) if file != root and root in file.parents else file.name
+        rows.append([name, stat.st_size, int(stat.st_mtime_ns)])
+    return rows
+
+
+def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size: int = DEFAULT_CALIB_SIZE,
+                          seed: int = 0, log: Callable[[str], None] = lambda message: None) -> CalibrationData:
+    """``size`` seeded images from ``path`` (any form ``open_dataset`` reads), or noise when ``path`` is None."""
+    if size < 1:
+        raise InputError(f"--calib-size {size}: calibrate on at least 1 image (default {DEFAULT_CALIB_SIZE})")
+    if path is None:
+        log(f"warning: {SYNTHETIC_WARNING}")
+        images = synthetic_images(preprocessing, size, seed)
+        calibration, holdout = _split(images, seed)
+        provenance = {"kind": "synthetic", "seed": seed, "count": size}
+        return CalibrationData(calibration, holdout, provenance, (SYNTHETIC_WARNING,))
+    from ..datasets import open_dataset
+
+    path = Path(path)
+    dataset = open_dataset(path, preprocessing, limit=size, seed=seed)
+    notes = []
+    if len(dataset) < size:
+        note = f"--calib-size {size} is more than the {len(dataset)} images in {path}: calibrating on all of them"
+        log(note)
+        notes.append(note)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chunks = [batch.images for batch in dataset.batches(64)]
+    for warning in caught:
+        log(f"warning: {warning.message}")
+        notes.append(str(warning.message))
+    if not chunks:
+        raise InputError(f"--calib-data {path}: none of its {len(dataset)} files is a readable image")
+    images = np.concatenate(chunks).astype(np.float32, copy=False)
+    calibration, holdout = _split(images, seed)
+    if len(holdout) == 0:
+        note = "only one calibration image: the export is validated on that same image"
+        log(f"warning: {note}")
+        notes.append(note)
+        holdout = calibration
+    files = dataset.files()
+    root = path if path.is_dir() else path.parent
+    provenance = {"kind": "dataset", "path": str(path.resolve()), "form": dataset.kind, "seed": seed,
+                  "count": len(images), "requested": size, "files": file_provenance(files, root)}
+    return CalibrationData(calibration, holdout, provenance, tuple(notes))

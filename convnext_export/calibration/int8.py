@@ -1,0 +1,168 @@
+"""The INT8 step: calibration images -> ranges (cached) -> recipe -> QDQ model -> hold-out check -> fallback."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..drift import drift_metrics
+from ..errors import ConvNeXtExportError, InputError
+from ..preprocess import Preprocessing
+from .cache import CACHE_FILE, calibration_cache_key, read_cache, write_cache
+from .data import DEFAULT_CALIB_SIZE, load_calibration_data, run_batched
+from .fallback import fall_back_until, float_mac_fraction, layer_macs
+from .graph import graph_fingerprint, name_nodes_by_module
+from .quantize import quantize_with_plan
+from .ranges import DEFAULT_PERCENTILE, CalibrationMethod, calibration_batch_size, collect_ranges
+from .recipe import get_target, plan_quantization
+
+DEFAULT_METHOD = "percentile"
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How to calibrate and what to keep float (the target is the request's)."""
+
+    calib_data: Path | None = None
+    calib_size: int = DEFAULT_CALIB_SIZE
+    calib_method: str = DEFAULT_METHOD
+    calib_percentile: float = DEFAULT_PERCENTILE
+    exclude: tuple[str, ...] = ()
+    max_drift: float | None = None  # minimum top-1 agreement with eager on the hold-out
+    calib_cache: Path | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Usage errors, raised before any work."""
+        CalibrationMethod(self.calib_method, self.calib_percentile)
+        if self.calib_size < 1:
+            raise InputError(f"--calib-size {self.calib_size}: calibrate on at least 1 image "
+                             f"(default {DEFAULT_CALIB_SIZE})")
+        if self.max_drift is not None and not 0.0 < self.max_drift <= 1.0:
+            raise InputError(f"--max-drift {self.max_drift}: give the minimum top-1 agreement with the eager "
+                             f"model on the hold-out, in (0, 1], e.g. 0.99")
+        if self.calib_data is not None:
+            from ..datasets import open_dataset
+
+            if not Path(self.calib_data).exists():
+                raise InputError(f"--calib-data {self.calib_data} does not exist; give an image folder, "
+                                 f"a .npy/.npz array, or omit it to calibrate on synthetic data")
+            try:  # lists the files only: a folder without images fails here, before the export
+                open_dataset(self.calib_data, Preprocessing(), limit=self.calib_size, seed=self.seed)
+            except InputError as error:
+                raise InputError(f"--calib-data: {error}") from None
+        if self.calib_cache is not None and Path(self.calib_cache).is_dir():
+            raise InputError(f"--calib-cache {self.calib_cache} is a directory; give a file "
+                             f"(e.g. {Path(self.calib_cache) / CACHE_FILE})")
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    path: Path
+    drift: dict
+    report: dict = field(default_factory=dict)  # manifest extra: calibration, quantized
+
+
+def onnxruntime_runner(batch: int | None) -> Callable[[onnx.ModelProto, np.ndarray], np.ndarray]:
+    """Run a model proto over images with ONNX Runtime (spinning off), static batches padded."""
+    import onnxruntime
+
+    from ..backends.onnxruntime import session_options
+
+    def run(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
+                                               providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return run_batched(lambda x: session.run(None, {name: x})[0], images, batch)
+
+    return run
+
+
+def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {entry.key: entry for entry in model.metadata_props}
+    for key, value in values.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+
+
+def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np.ndarray],
+               preprocessing: Preprocessing, batch: int | None, options: Int8Options, target_name: str, versions: dict,
+               previous_cache: Path | None = None, cache_out: Path | None = None,
+               log: Callable[[str], None] = lambda message: None) -> Int8Result:
+    """Quantize the fused FP32 graph at ``fp32_path`` into ``out_path``, checked on the calibration hold-out.
+
+    ``previous_cache`` (the cache of the artifact being replaced) and ``options.calib_cache`` are
+    reused only when their key matches; the ranges used are written to ``cache_out`` (beside the
+    artifact) and to ``options.calib_cache`` when given.
+    """
+    options.validate()
+    target = get_target(target_name)
+    method = CalibrationMethod(options.calib_method, options.calib_percentile, symmetric=target.activation_symmetric)
+    model = name_nodes_by_module(onnx.load(str(fp32_path)))
+    data = load_calibration_data(preprocessing, options.calib_data, options.calib_size, options.seed, log)
+    key = calibration_cache_key(graph_fingerprint(model), data.provenance, preprocessing.to_dict(), method.to_dict(),
+                                versions)
+    ranges, cache_message = None, "computed"
+    for candidate in (options.calib_cache, previous_cache):
+        if candidate is None or not Path(candidate).is_file():
+            continue
+        lookup = read_cache(Path(candidate), key)
+        log(lookup.message)
+        if lookup.ranges is not None:
+            ranges, cache_message = lookup.ranges, lookup.message
+            break
+    if ranges is None:
+        log(f"calibrating ({method.name}) on {len(data.images)} "
+            f"{'synthetic' if data.synthetic else 'real'} images")
+        with tempfile.TemporaryDirectory(prefix="convnext-int8-") as work:
+            named = Path(work) / "named.onnx"
+            onnx.save(model, str(named))
+            size = batch or calibration_batch_size(preprocessing.image_size)
+            ranges = collect_ranges(named, data.batches(size, pad=batch is not None), method)
+        if options.calib_cache is not None:
+            write_cache(Path(options.calib_cache), key, ranges)
+    if cache_out is not None:
+        write_cache(cache_out, key, ranges)
+
+    plan = plan_quantization(model, target, options.exclude, warn=log)
+    if "gelu" in target.quantized_classes and not any(node.op_type == "Gelu" for node in model.graph.node):
+        log("warning: this graph has no Gelu op (opsets before 20 decompose it), so pwconv1 keeps a float output "
+            "and runs slower; export at --opset 20 for the fast INT8 path")
+    quantized = quantize_with_plan(model, ranges, method, plan)
+    run = onnxruntime_runner(batch)
+    reference = eager(data.holdout)
+    outputs = run(quantized, data.holdout)
+    drift = drift_metrics(outputs, reference)
+    macs = layer_macs(model)
+    fallback = None
+    if options.max_drift is not None and drift["top1_agreement"] < options.max_drift:
+        log(f"top-1 agreement {drift['top1_agreement']:.2%} on the hold-out misses --max-drift "
+            f"{options.max_drift}: measuring per-unit sensitivity")
+        result = fall_back_until(model, ranges, method, plan, data.holdout, reference, options.max_drift, run, log)
+        plan, quantized = result.plan, result.model
+        drift = drift_metrics(result.outputs, reference)
+        fallback = {"budget_top1_agreement": options.max_drift, "moved": result.moved,
+                    "sensitivity": result.sensitivity, "float_mac_fraction": result.float_mac_fraction}
+        log(f"moved {len(result.moved)} unit(s) back to float ({', '.join(m['unit'] for m in result.moved)}): "
+            f"{result.float_mac_fraction:.1%} of the MACs now float")
+    elif options.max_drift is not None:
+        fallback = {"budget_top1_agreement": options.max_drift, "moved": []}
+    _set_metadata(quantized, {"convnext_export.precision": "int8", "convnext_export.target": target.name})
+    onnx.save(quantized, str(out_path))
+
+    kind = "synthetic" if data.synthetic else "calibration"
+    drift = {"inputs": f"{len(data.holdout)} hold-out {kind} images", "backend": "onnxruntime", **drift}
+    quantized_report = {**plan.report(), "float_mac_fraction": float_mac_fraction(plan, macs)}
+    if fallback is not None:
+        quantized_report["fallback"] = fallback
+    calibration = {**data.describe(), **method.to_dict(), "cache": cache_message, "cache_key": key.digest,
+                   "notes": list(data.notes)}
+    return Int8Result(out_path, drift, {"calibration": calibration, "quantized": quantized_report})

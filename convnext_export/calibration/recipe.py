@@ -1,0 +1,155 @@
+"""The ConvNeXt INT8 recipe: which nodes compute in INT8, per op class and per target.
+
+A node named here is "quantized" in ONNX Runtime's QDQ sense: Q/DQ pairs sit on its inputs
+(and its weights are per-channel symmetric int8), never on its outputs; a tensor therefore
+carries Q/DQ exactly when some quantized node reads it. The classes:
+
+- INT8 on both targets: the stem 4x4 conv, the downsample 2x2 convs, the 7x7 depthwise conv,
+  both pointwise convs, the head Gemm, and the residual Add (so the residual stream stays
+  int8 between blocks: QLinearAdd here, conv+add fusion in TensorRT).
+- ``norm_input``: the Transpose in front of a LayerNorm that follows a conv (stem, blocks) or
+  a residual Add (downsamples). Quantizing its input puts a Q right after the conv or Add:
+  ONNX Runtime then runs it as a QLinearConv / QLinearAdd, and TensorRT picks
+  int8-in/int8-out kernels instead of int8-in/fp16-out (NVIDIA Model-Optimizer PR #1117).
+- LayerNormalization stays float on both targets: no int8 kernel on the CPU, and TensorRT
+  keeps normalisation in FP16/FP32.
+- GELU: on ``cpu`` its input is quantized too, so pwconv1 runs as a QLinearConv (u8 out) and
+  GELU is one DQ -> Gelu -> Q island feeding pwconv2's QLinearConv. Measured on this CPU
+  (ConvNeXt-T, 1 thread, ONNX Runtime profile): pwconvs 56%, GELU 16%, dwconv 10%, LN 4%,
+  Q/DQ 10%; ONNX Runtime's transpose optimizer removes every LayerNorm Transpose pair once
+  the convs are NHWC QLinearConvs, so no Transpose is left to attack. On ``tensorrt`` GELU's
+  input stays float: pwconv1 is int8-in/fp16-out with GELU fused as its epilogue
+  (TensorRT #3127, #4180), and the Q in front of pwconv2 quantizes GELU's output.
+
+Activations: ``cpu`` uses asymmetric uint8 (u8s8 is the VNNI path; signed activations ran
+~3x slower here); ``tensorrt`` uses symmetric int8 with zero point 0, all it accepts, with a
+dedicated Q/DQ pair per consumer and float biases (TensorRT's parser rejects an int32
+DequantizeLinear: "only activation types allowed as input to this layer", onnx-tensorrt #850).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from ..errors import InputError
+from .graph import module_of, nodes_matching, op_class
+
+TARGETS = ("cpu", "tensorrt")
+INT8_CLASSES = ("stem_conv", "downsample_conv", "dwconv", "pwconv1", "pwconv2", "head", "residual_add")
+FLOAT_CLASSES = ("layernorm",)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    activation_type: str  # "uint8" | "int8"
+    activation_symmetric: bool
+    dedicated_qdq_pair: bool
+    quantize_bias: bool  # int32 bias behind a DequantizeLinear (ONNX Runtime's QLinearConv) or float bias
+    quantized_classes: tuple[str, ...]
+
+
+TARGET_RECIPES = {
+    "cpu": Target("cpu", "uint8", False, False, True, INT8_CLASSES + ("norm_input", "gelu")),
+    "tensorrt": Target("tensorrt", "int8", True, True, False, INT8_CLASSES + ("norm_input",)),
+}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGET_RECIPES:
+        raise InputError(f"--target {name!r}: use one of {', '.join(TARGETS)}")
+    return TARGET_RECIPES[name]
+
+
+def recipe_class(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]],
+                 producers: dict[str, onnx.NodeProto]) -> str:
+    """op_class, plus ``norm_input`` for the Transpose that takes a conv's or Add's output into a LayerNorm."""
+    if node.op_type == "Transpose":
+        producer = producers.get(node.input[0])
+        feeds_norm = any(c.op_type == "LayerNormalization" for c in consumers.get(node.output[0], []))
+        if feeds_norm and producer is not None and producer.op_type in ("Conv", "Add"):
+            return "norm_input"
+    return op_class(node)
+
+
+def fallback_unit(node_name: str) -> str:
+    """The unit the fallback moves back to float at once: a block, the stem, a downsample, the head."""
+    module = module_of(node_name)
+    match = re.match(r"^(stages\.\d+\.\d+|downsamples\.\d+|stem|head)\b", module)
+    return match.group(1) if match else module
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """The nodes a recipe quantizes, by class, after exclusions."""
+
+    target: Target
+    classes: dict[str, str]  # quantized node -> class, graph order
+    excluded: tuple[str, ...]  # nodes the recipe would quantize but the user or the fallback kept float
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(self.classes)
+
+    def without(self, names: Iterable[str]) -> "QuantPlan":
+        names = set(names)
+        kept = {n: c for n, c in self.classes.items() if n not in names}
+        moved = tuple(n for n in self.classes if n in names)
+        return QuantPlan(self.target, kept, self.excluded + moved)
+
+    def units(self) -> dict[str, list[str]]:
+        units: dict[str, list[str]] = {}
+        for name in self.classes:
+            units.setdefault(fallback_unit(name), []).append(name)
+        return units
+
+    def report(self) -> dict:
+        """What the manifest lists: per-class counts and names, and what stayed float."""
+        by_class: dict[str, list[str]] = {}
+        for name, cls in self.classes.items():
+            by_class.setdefault(cls, []).append(name)
+        return {
+            "target": self.target.name,
+            "activations": f"{self.target.activation_type} "
+                           f"{'symmetric (zero point 0)' if self.target.activation_symmetric else 'asymmetric'}",
+            "weights": "int8 per-channel symmetric",
+            "counts": {cls: len(names) for cls, names in by_class.items()},
+            "nodes": by_class,
+            "float": {"classes": [c for c in ("layernorm", "gelu") if c not in self.target.quantized_classes],
+                      "excluded": list(self.excluded)},
+        }
+
+
+def plan_quantization(model: onnx.ModelProto, target: Target, exclude: Sequence[str] = (),
+                      warn=lambda message: None) -> QuantPlan:
+    """The recipe applied to a named fused graph; ``exclude`` (fnmatch patterns) keeps nodes float."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    producers: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        for name in node.output:
+            producers[name] = node
+    classes = {}
+    for node in model.graph.node:
+        cls = recipe_class(node, consumers, producers)
+        if cls in target.quantized_classes:
+            classes[node.name] = cls
+    matches = nodes_matching(model, exclude)
+    for pattern, names in matches.items():
+        if not names:
+            warn(f"warning: --exclude {pattern!r} matches no node; node names look like "
+                 f"'stages.0.0.pwconv1/Conv', 'stem.0/Conv', 'head/Gemm' (patterns may also match the module path)")
+        elif not any(n in classes for n in names):
+            warn(f"warning: --exclude {pattern!r} matches only nodes that are float anyway ({', '.join(names[:3])})")
+    plan = QuantPlan(target, classes, ())
+    return plan.without({n for names in matches.values() for n in names})
+
+
+def class_counts(plan: QuantPlan) -> dict[str, int]:
+    return dict(Counter(plan.classes.values()))
