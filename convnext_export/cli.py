@@ -195,6 +195,7 @@ if __name__ == "__main__":
 # --- convnext-bench ---------------------------------------------------------------------------
 from .options import CommandError, threads_option  # noqa: E402  (kept with the command that uses them)
 
+
 def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
         batches = tuple(int(v) for v in value.split(",") if v.strip())
@@ -224,8 +225,9 @@ def _default_backends() -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact_dirs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--size", type=click.Choice(size_names()), default="tiny", show_default=True,
-              help="Size of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given.")
+@click.option("--size", type=click.Choice(size_names()), default=None,
+              help="Size of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given "
+                   "(default tiny; inferred from --weights).")
 @click.option("--image-size", type=click.IntRange(min=32), default=None, help="Resolution of the default set (224).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Checkpoint for the default set (default: seeded random weights).")
@@ -290,7 +292,8 @@ def bench_command(artifact_dirs, size, image_size, weights, work, backends, batc
         report.pop("gate", None)
     else:
         with _bench_progress(console, quiet) as progress:
-            report = run_benchmark(request, DefaultSet(size, image_size, weights, seed, work),
+            defaults = DefaultSet(size or (None if weights else "tiny"), image_size, weights, seed, work)
+            report = run_benchmark(request, defaults,
                                    log=lambda message: console.log(message), progress=progress)
     if baseline_report is not None:
         from .bench.gate import compare

@@ -124,6 +124,25 @@ def test_tensorrt_layout_has_only_zero_point_zero_int8(graph, tmp_path):
     assert result.drift["cosine_min"] > 0.98
 
 
+def _ort_optimized_ops(path: Path, tmp_path: Path) -> list[str]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_excluded_depthwise_convs_run_float_in_onnxruntime(graph, tmp_path):
+    """ONNX Runtime quantizes a float conv found between DQ and Q by itself: the plan must prevent that."""
+    result, _ = _build(graph, tmp_path / "model.onnx", exclude=("*.dwconv/Conv",))
+    ops = _ort_optimized_ops(result.path, tmp_path)
+    assert ops.count("Conv") == ATTO_BLOCKS and ops.count("QLinearConv") == 1 + 3 + 2 * ATTO_BLOCKS
+    excluded = result.report["quantized"]["float"]["excluded"]
+    assert "stages.0.0.dwconv/Conv" in excluded and "stages.0.0.norm/Transpose" in excluded
+
+
 def test_exclude_keeps_layers_float_and_warns_on_no_match(graph, tmp_path):
     result, logs = _build(graph, tmp_path / "model.onnx", exclude=("stages.3.*", "head", "nothing.here*"))
     model = onnx.load(str(result.path))
@@ -144,14 +163,17 @@ def test_cache_reused_and_recomputed_on_data_method_graph_change(graph, tmp_path
     assert same.report["calibration"]["cache"].startswith("reused")
     assert onnx.load(str(tmp_path / "a.onnx")).SerializeToString() == onnx.load(str(tmp_path / "b.onnx")).SerializeToString()
 
-    for change, word in (({"calib_size": 40}, "calibration images"), ({"calib_method": "minmax"}, "calibration method")):
-        _build(graph, tmp_path / "c.onnx", calib_cache=cache)  # back to the original key
-        other, logs = _build(graph, tmp_path / "c.onnx", calib_cache=cache, **change)
+    original = cache.read_text()
+    for index, (change, word) in enumerate((({"calib_size": 40}, "calibration images"),
+                                            ({"calib_method": "minmax"}, "calibration method"))):
+        copy = tmp_path / f"copy-{index}.json"
+        copy.write_text(original)
+        other, logs = _build(graph, tmp_path / "c.onnx", calib_cache=copy, **change)
         assert other.report["calibration"]["cache"] == "computed"
         assert any("does not match" in line and word in line for line in logs), logs
+        assert json.loads(copy.read_text())["key"] != json.loads(original)["key"]  # rewritten for the new key
 
     # A different graph (other weights) never takes this cache.
-    _build(graph, tmp_path / "d.onnx", calib_cache=cache)
     model = make_trained_like(build_model(get_config("atto").with_classes(10), seed=4), seed=4)
     other_graph = {"path": export_onnx(fuse_model(model)[0], tmp_path / "other.onnx", SIZE).path,
                    "eager": eager_runner(model)}

@@ -50,7 +50,7 @@ def export_default_set(size: str | None, image_size: int | None, weights: Path |
     for precision in DEFAULT_PRECISIONS:
         request = ExportRequest(size=size, weights=weights, seed=seed, precision=precision,
                                 preprocessing=PreprocessingOverrides(image_size=image_size),
-                                out=work / f"convnext_{size or 'auto'}-{precision}", force=True)
+                                out=work / f"convnext_{size or Path(weights).stem}-{precision}", force=True)
         log(f"exporting {size or 'model'} {precision.upper()} into {request.out}")
         try:
             result = export_artifact(request, log=log)

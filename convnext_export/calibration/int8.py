@@ -13,8 +13,8 @@ import onnx
 from ..drift import drift_metrics
 from ..errors import ConvNeXtExportError, InputError
 from ..preprocess import Preprocessing
-from .cache import CACHE_FILE, calibration_cache_key, read_cache, write_cache
-from .data import DEFAULT_CALIB_SIZE, load_calibration_data, run_batched
+from .cache import CACHE_FILE, CacheKey, calibration_cache_key, read_cache, write_cache
+from .data import DEFAULT_CALIB_SIZE, CalibrationData, load_calibration_data, run_batched
 from .fallback import fall_back_until, float_mac_fraction, layer_macs
 from .graph import graph_fingerprint, name_nodes_by_module
 from .quantize import quantize_with_plan
@@ -93,6 +93,37 @@ def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
             entry.key, entry.value = key, value
 
 
+def cached_ranges(key: CacheKey, candidates, log: Callable[[str], None]) -> tuple[dict | None, str]:
+    """Ranges from the first existing cache whose key matches; every cache looked at is reported."""
+    for candidate in candidates:
+        if candidate is None or not Path(candidate).is_file():
+            continue
+        lookup = read_cache(Path(candidate), key)
+        log(lookup.message)
+        if lookup.ranges is not None:
+            return lookup.ranges, lookup.message
+    return None, "computed"
+
+
+def calibrate(model: onnx.ModelProto, data: CalibrationData, method: CalibrationMethod, batch_size: int, pad: bool,
+              log: Callable[[str], None]) -> dict[str, tuple[float, float]]:
+    """Collect ranges on the calibration images, reporting progress at each quarter."""
+    total = len(data.images)
+    log(f"calibrating ({method.name}) on {total} {'synthetic' if data.synthetic else 'real'} images")
+    quarters = set()
+
+    def progress(seen: int) -> None:
+        quarter = 4 * seen // total
+        if 0 < quarter < 4 and quarter not in quarters:
+            quarters.add(quarter)
+            log(f"calibrated {seen}/{total} images")
+
+    with tempfile.TemporaryDirectory(prefix="convnext-int8-") as work:
+        named = Path(work) / "named.onnx"
+        onnx.save(model, str(named))
+        return collect_ranges(named, data.batches(batch_size, pad=pad), method, progress)
+
+
 def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np.ndarray],
                preprocessing: Preprocessing, batch: int | None, options: Int8Options, target_name: str, versions: dict,
                previous_cache: Path | None = None, cache_out: Path | None = None,
@@ -110,23 +141,10 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     data = load_calibration_data(preprocessing, options.calib_data, options.calib_size, options.seed, log)
     key = calibration_cache_key(graph_fingerprint(model), data.provenance, preprocessing.to_dict(), method.to_dict(),
                                 versions)
-    ranges, cache_message = None, "computed"
-    for candidate in (options.calib_cache, previous_cache):
-        if candidate is None or not Path(candidate).is_file():
-            continue
-        lookup = read_cache(Path(candidate), key)
-        log(lookup.message)
-        if lookup.ranges is not None:
-            ranges, cache_message = lookup.ranges, lookup.message
-            break
+    ranges, cache_message = cached_ranges(key, (options.calib_cache, previous_cache), log)
     if ranges is None:
-        log(f"calibrating ({method.name}) on {len(data.images)} "
-            f"{'synthetic' if data.synthetic else 'real'} images")
-        with tempfile.TemporaryDirectory(prefix="convnext-int8-") as work:
-            named = Path(work) / "named.onnx"
-            onnx.save(model, str(named))
-            size = batch or calibration_batch_size(preprocessing.image_size)
-            ranges = collect_ranges(named, data.batches(size, pad=batch is not None), method)
+        size = batch or calibration_batch_size(preprocessing.image_size)
+        ranges = calibrate(model, data, method, size, pad=batch is not None, log=log)
         if options.calib_cache is not None:
             write_cache(Path(options.calib_cache), key, ranges)
     if cache_out is not None:

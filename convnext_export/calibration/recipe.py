@@ -85,22 +85,53 @@ def fallback_unit(node_name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Wiring:
+    """Which node reads and writes which tensor (what keeping a node float implies for its neighbours)."""
+
+    weighted_io: dict[str, tuple[str, str]]  # Conv/Gemm node -> (activation input, output)
+    readers: dict[str, tuple[str, ...]]  # tensor -> nodes reading it
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "Wiring":
+        readers: dict[str, list[str]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node.name)
+        weighted = {n.name: (n.input[0], n.output[0]) for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+        return cls(weighted, {k: tuple(v) for k, v in readers.items()})
+
+
+@dataclass(frozen=True)
 class QuantPlan:
     """The nodes a recipe quantizes, by class, after exclusions."""
 
     target: Target
     classes: dict[str, str]  # quantized node -> class, graph order
     excluded: tuple[str, ...]  # nodes the recipe would quantize but the user or the fallback kept float
+    wiring: Wiring
 
     @property
     def nodes(self) -> tuple[str, ...]:
         return tuple(self.classes)
 
     def without(self, names: Iterable[str]) -> "QuantPlan":
-        names = set(names)
-        kept = {n: c for n, c in self.classes.items() if n not in names}
+        """The plan with ``names`` float, and float for real: ONNX Runtime quantizes the weights of a conv that
+        sits between a DequantizeLinear and a QuantizeLinear by itself, so where a float conv's input stays
+        quantized (the residual stream into a depthwise conv), the node reading its output goes float too."""
+        names = set(names) & set(self.classes)
+        while True:
+            kept = {n for n in self.classes if n not in names}
+            quantized_inputs = {tensor for tensor, readers in self.wiring.readers.items()
+                                if any(r in kept for r in readers)}
+            implied = {reader for node, (source, output) in self.wiring.weighted_io.items()
+                       if node not in kept and source in quantized_inputs and output in quantized_inputs
+                       for reader in self.wiring.readers.get(output, ()) if reader in kept}
+            if not implied:
+                break
+            names |= implied
         moved = tuple(n for n in self.classes if n in names)
-        return QuantPlan(self.target, kept, self.excluded + moved)
+        return QuantPlan(self.target, {n: c for n, c in self.classes.items() if n not in names},
+                         self.excluded + moved, self.wiring)
 
     def units(self) -> dict[str, list[str]]:
         units: dict[str, list[str]] = {}
@@ -147,7 +178,7 @@ def plan_quantization(model: onnx.ModelProto, target: Target, exclude: Sequence[
                  f"'stages.0.0.pwconv1/Conv', 'stem.0/Conv', 'head/Gemm' (patterns may also match the module path)")
         elif not any(n in classes for n in names):
             warn(f"warning: --exclude {pattern!r} matches only nodes that are float anyway ({', '.join(names[:3])})")
-    plan = QuantPlan(target, classes, ())
+    plan = QuantPlan(target, classes, (), Wiring.of(model))
     return plan.without({n for names in matches.values() for n in names})
 
 
