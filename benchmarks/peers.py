@@ -8,7 +8,8 @@ seeded random weights made trained-like (layer scales ~U(0.2, 1), LayerNorm affi
 error), saved as an official-layout checkpoint that both this project and timm load. Variants:
 
 - eager FP32 (the reference every speedup and drift is measured against);
-- this project's FP32 and INT8 artifacts in ONNX Runtime (CPU), the FP32 one also in OpenVINO;
+- this project's FP32 and INT8 artifacts in ONNX Runtime (CPU), the FP32 one also in OpenVINO
+  (INT8 calibrated on 32 images of the same ImageNet sample folder as the other INT8 peers);
 - timm's ConvNeXt + ``torch.onnx.export`` (default opset and opset 20) + ONNX Runtime;
 - ONNX Runtime ``quantize_static`` with its defaults on that export (calibration: 32 real images);
 - ``torch.compile`` (inductor, defaults) of the eager model;
@@ -28,6 +29,7 @@ ImageNet sample images. A peer that fails to build or run becomes a row with its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
+from convnext_export.calibration.int8 import Int8Options
 from convnext_export.bench.environment import environment
 from convnext_export.bench.timing import TimingPlan, input_pool, latency_stats, measure_alternating, paired_speedup
 from convnext_export.config import get_config
@@ -146,7 +149,9 @@ def build_peers(size: str, threads: int, seed: int, work: Path) -> tuple[list[Pe
 
     def ours(precision: str) -> Callable:
         def build():
-            request = ExportRequest(size=size, weights=checkpoint, precision=precision, out=work / f"ours-{precision}")
+            # INT8 calibrates on the same ImageNet sample folder the other INT8 peers use (32 images).
+            request = ExportRequest(size=size, weights=checkpoint, precision=precision, out=work / f"ours-{precision}",
+                                    int8=Int8Options(calib_data=DATA, calib_size=CALIBRATION_IMAGES))
             return OnnxRuntimeBackend(export_artifact(request).artifact.model_path, threads=threads).run
         return build
 
@@ -171,7 +176,8 @@ def build_peers(size: str, threads: int, seed: int, work: Path) -> tuple[list[Pe
         path = work / f"timm-opset{opset or 'default'}.onnx"
         if not path.exists():
             kwargs = {} if opset is None else {"opset_version": opset}
-            torch.onnx.export(timm_model, (example,), str(path), dynamo=True, external_data=False, **kwargs)
+            with contextlib.redirect_stdout(sys.stderr):  # the exporter reports progress on stdout
+                torch.onnx.export(timm_model, (example,), str(path), dynamo=True, external_data=False, **kwargs)
         return path
 
     def timm_ort(opset: int | None) -> Callable:
