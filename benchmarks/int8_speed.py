@@ -8,7 +8,10 @@ with ONNX Runtime's intra-op spinning off and the same thread count everywhere:
   fused-int8-ort      `convnext-export --size tiny --int8` (our recipe, --target cpu) in ONNX Runtime
   default-int8-ort    what a user gets without this tool: a plain torch.onnx.export of the unfused
                       model, then onnxruntime.quantization.quantize_static with its defaults
-                      (QDQ, u8 activations, s8 weights, per-tensor, MinMax), calibrated on the same images
+                      (ONNX Runtime 1.32: QDQ, s8 activations, s8 per-tensor weights, MinMax),
+                      calibrated on the same images
+  default-u8-ort      the same with the two settings users then reach for: u8 activations and
+                      per-channel weights (the "2.4-2.9x" path of REFERENCE.md)
 
     python benchmarks/int8_speed.py --repeats 3 [--profile]
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import tempfile
 import warnings
 from collections import defaultdict
@@ -43,15 +47,16 @@ from convnext_export.pipeline import ExportRequest, export_artifact
 from convnext_export.preprocess import Preprocessing
 
 
-def default_path(model: torch.nn.Module, work: Path, calibration: np.ndarray) -> Path:
-    """Plain dynamo export of the unfused model + quantize_static with every default."""
+def default_path(model: torch.nn.Module, work: Path, calibration: np.ndarray, name: str, **settings) -> Path:
+    """Plain dynamo export of the unfused model + quantize_static with its defaults (but ``settings``)."""
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
     plain = work / "plain.onnx"
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(plain), dynamo=True,
-                          input_names=["input"], output_names=["logits"])
+    if not plain.exists():
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(plain), dynamo=True,
+                              input_names=["input"], output_names=["logits"])
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -60,8 +65,8 @@ def default_path(model: torch.nn.Module, work: Path, calibration: np.ndarray) ->
         def get_next(self):
             return next(self._feeds, None)
 
-    quantized = work / "default-int8.onnx"
-    quantize_static(str(plain), str(quantized), Reader())
+    quantized = work / f"{name}.onnx"
+    quantize_static(str(plain), str(quantized), Reader(), **settings)
     return quantized
 
 
@@ -107,6 +112,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print an op-type breakdown of our INT8 model")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static's pre-processing advice
     plan = TimingPlan(warmup=5, iters=args.iters, block=5, pool=8)
     torch.set_num_threads(args.threads)
     model = build_model(get_config("tiny"), seed=args.seed)
@@ -116,8 +122,13 @@ def main() -> None:
         int8 = export_artifact(ExportRequest(size="tiny", seed=args.seed, out=work / "int8", precision="int8",
                                              int8=Int8Options(calib_size=args.calib_size, seed=args.seed))).artifact
         calibration = synthetic_images(Preprocessing(), args.calib_size, args.seed)
-        default = default_path(model, work, calibration)
-        artifacts = {"fused-fp32-ort": fp32.model_path, "fused-int8-ort": int8.model_path, "default-int8-ort": default}
+        from onnxruntime.quantization import QuantType
+
+        default = default_path(model, work, calibration, "default-int8")
+        default_u8 = default_path(model, work, calibration, "default-u8", activation_type=QuantType.QUInt8,
+                                  per_channel=True)
+        artifacts = {"fused-fp32-ort": fp32.model_path, "fused-int8-ort": int8.model_path,
+                     "default-int8-ort": default, "default-u8-ort": default_u8}
         runs = []
         for repeat in range(args.repeats):
             runs.append(one_run(artifacts, model, args.threads, plan, args.seed + repeat))
@@ -136,15 +147,17 @@ def main() -> None:
               f"{min(speedups):.2f}-{max(speedups):.2f}x | {runs[0][name]['drift']:.1e} | "
               f"{runs[0][name]['top1_agreement']:.0%} |")
     ours = np.median([r["fused-int8-ort"]["speedup"] for r in runs])
-    theirs = np.median([r["default-int8-ort"]["speedup"] for r in runs])
-    print(f"\nfused INT8 / default INT8: {ours / theirs:.2f}x")
+    for name in ("default-int8-ort", "default-u8-ort"):
+        theirs = np.median([r[name]["speedup"] for r in runs])
+        print(f"fused INT8 / {name}: {ours / theirs:.2f}x")
     if shares:
         print("\nONNX Runtime op-type share of our INT8 kernel time: "
               + ", ".join(f"{op} {share:.0%}" for op, share in shares.items() if share >= 0.005))
     if args.json:
         args.json.write_text(json.dumps({"plan": plan.describe(), "threads": args.threads, "runs": runs,
                                          "int8_recipe": int8.extra["quantized"]["counts"],
-                                         "default_path": "torch.onnx.export(dynamo) + quantize_static defaults",
+                                         "default_paths": {"default-int8-ort": "quantize_static defaults",
+                                                           "default-u8-ort": "activation_type=QUInt8, per_channel=True"},
                                          "op_shares": shares}, indent=2))
 
 

@@ -164,7 +164,9 @@ def precision_rows(artifact) -> list[tuple[str, str]]:
     if quantized:
         counts = ", ".join(f"{cls} {n}" for cls, n in quantized["counts"].items())
         floats = quantized["float"]
-        rows.append(("quantized", f"{counts}; float: {', '.join(floats['classes']) or 'nothing else'}"
+        stream = floats.get("residual_stream_stages")
+        stream_note = f", residual stream of stages {', '.join(map(str, stream))}" if stream else ""
+        rows.append(("quantized", f"{counts}; float: {', '.join(floats['classes']) or 'nothing else'}{stream_note}"
                                   + (f", {len(floats['excluded'])} excluded node(s)" if floats["excluded"] else "")
                                   + f" ({quantized['float_mac_fraction']:.1%} of MACs float)"))
         fallback = quantized.get("fallback")

@@ -79,15 +79,20 @@ def test_cpu_layout_uint8_activations_per_channel_weights(graph, tmp_path):
     points = zero_points(model)
     assert points and {dtype for dtype, _ in points.values()} == {"uint8"}
     weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
-    assert _quantized_weights(model) == {n.name for n in weighted}  # every conv and the head in INT8
+    float_stream = {n.name for n in weighted if n.name.startswith(("stages.2.", "stages.3.")) and "dwconv" in n.name}
+    float_stream |= {"downsamples.1.1/Conv", "downsamples.2.1/Conv"}
+    assert _quantized_weights(model) == {n.name for n in weighted} - float_stream  # the rest of the convs, the head
     scales = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     dwconv = next(n for n in weighted if n.name == "stages.0.0.dwconv/Conv")
     weight_scale = next(i for i in model.graph.initializer if i.name == scales[dwconv.input[1]].input[1])
     assert list(weight_scale.dims) == [40]  # per output channel
     counts = result.report["quantized"]["counts"]
-    assert counts == {"stem_conv": 1, "norm_input": 16, "dwconv": ATTO_BLOCKS, "pwconv1": ATTO_BLOCKS,
-                      "gelu": ATTO_BLOCKS, "pwconv2": ATTO_BLOCKS, "residual_add": ATTO_BLOCKS,
-                      "downsample_conv": 3, "head": 1}
+    # Stages 0-1 (2 + 2 blocks) keep the residual stream INT8; stages 2-3 keep it float.
+    assert counts == {"stem_conv": 1, "norm_input": 5, "dwconv": 4, "pwconv1": ATTO_BLOCKS,
+                      "gelu": ATTO_BLOCKS, "pwconv2": ATTO_BLOCKS, "residual_add": 4,
+                      "downsample_conv": 1, "head": 1}
+    ops = _ort_optimized_ops(result.path, tmp_path)  # what ONNX Runtime runs: every planned conv in INT8
+    assert ops.count("QLinearConv") == 1 + 1 + 4 + 2 * ATTO_BLOCKS and ops.count("Conv") == 8 + 2
     initializers = {i.name: i.data_type for i in model.graph.initializer}
     norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
     assert len(norms) == 17 and all(initializers[n.input[1]] == onnx.TensorProto.FLOAT for n in norms)
@@ -138,7 +143,7 @@ def test_excluded_depthwise_convs_run_float_in_onnxruntime(graph, tmp_path):
     """ONNX Runtime quantizes a float conv found between DQ and Q by itself: the plan must prevent that."""
     result, _ = _build(graph, tmp_path / "model.onnx", exclude=("*.dwconv/Conv",))
     ops = _ort_optimized_ops(result.path, tmp_path)
-    assert ops.count("Conv") == ATTO_BLOCKS and ops.count("QLinearConv") == 1 + 3 + 2 * ATTO_BLOCKS
+    assert ops.count("Conv") == ATTO_BLOCKS + 2 and ops.count("QLinearConv") == 1 + 1 + 2 * ATTO_BLOCKS
     excluded = result.report["quantized"]["float"]["excluded"]
     assert "stages.0.0.dwconv/Conv" in excluded and "stages.0.0.norm/Transpose" in excluded
 
@@ -148,7 +153,7 @@ def test_exclude_keeps_layers_float_and_warns_on_no_match(graph, tmp_path):
     model = onnx.load(str(result.path))
     quantized = _quantized_weights(model)
     assert not any(n.startswith(("stages.3.", "head")) for n in quantized)
-    assert "stages.2.0.pwconv1/Conv" in quantized
+    assert "stages.2.0.pwconv1/Conv" in quantized and "stages.1.0.dwconv/Conv" in quantized
     assert any("'nothing.here*' matches no node" in line for line in logs)
     excluded = result.report["quantized"]["float"]["excluded"]
     assert "head/Gemm" in excluded and "stages.3.1.pwconv2/Conv" in excluded

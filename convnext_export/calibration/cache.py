@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import InputError
 
 CACHE_FILE = "calibration.json"
-CACHE_SCHEMA = "convnext-export/calibration/1"
+CACHE_SCHEMA = "convnext-export/calibration/2"
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,16 @@ def calibration_cache_key(graph_sha256: str, data_provenance: dict, preprocessin
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """What calibrating produced: activation ranges and the residual-stream scales they were measured under."""
+
+    ranges: dict[str, tuple[float, float]]
+    stream_scales: dict[int, list[float]]
+
+
+@dataclass(frozen=True)
 class CacheLookup:
-    ranges: dict[str, tuple[float, float]] | None  # None: nothing reusable
+    calibration: Calibration | None  # None: nothing reusable
     message: str  # what happened, for the log and the manifest
 
 
@@ -61,19 +69,22 @@ def read_cache(path: Path, key: CacheKey) -> CacheLookup:
             return CacheLookup(None, f"{path} is not a {CACHE_SCHEMA} cache: recalibrating")
         stored_key, components = data["key"], data["components"]
         ranges = {name: (float(low), float(high)) for name, (low, high) in data["ranges"].items()}
+        scales = {int(stage): [float(v) for v in values] for stage, values in data["stream_scales"].items()}
     except (OSError, ValueError, KeyError, TypeError) as error:
         return CacheLookup(None, f"{path} is not a readable calibration cache ({error}): recalibrating")
     if stored_key != key.digest:
         changed = _differences(components, key.components) or ["its key"]
         return CacheLookup(None, f"calibration cache {path} does not match this export ({', '.join(changed)} "
                                  f"changed): recalibrating, the cache is not applied")
-    return CacheLookup(ranges, f"reused calibration cache {path} (key {key.digest[:12]})")
+    return CacheLookup(Calibration(ranges, scales), f"reused calibration cache {path} (key {key.digest[:12]})")
 
 
-def write_cache(path: Path, key: CacheKey, ranges: dict[str, tuple[float, float]]) -> Path:
+def write_cache(path: Path, key: CacheKey, calibration: Calibration) -> Path:
     """Write atomically (a sibling temp file renamed into place)."""
     payload = {"schema": CACHE_SCHEMA, "key": key.digest, "components": key.components,
-               "ranges": {name: [low, high] for name, (low, high) in sorted(ranges.items())}}
+               "stream_scales": {str(stage): list(map(float, values))
+                                 for stage, values in sorted(calibration.stream_scales.items())},
+               "ranges": {name: [low, high] for name, (low, high) in sorted(calibration.ranges.items())}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -13,14 +13,17 @@ import onnx
 from ..drift import drift_metrics
 from ..errors import ConvNeXtExportError, InputError
 from ..preprocess import Preprocessing
-from .cache import CACHE_FILE, CacheKey, calibration_cache_key, read_cache, write_cache
-from .data import DEFAULT_CALIB_SIZE, CalibrationData, load_calibration_data, run_batched
+from .cache import CACHE_FILE, CacheKey, Calibration, calibration_cache_key, read_cache, write_cache
+from .data import DEFAULT_CALIB_SIZE, CalibrationData, fixed_batches, load_calibration_data, run_batched
+from .equalize import EQUALIZATION, apply_stream_scales, scales_report, stream_scales
 from .fallback import fall_back_until, float_mac_fraction, layer_macs
 from .graph import graph_fingerprint, name_nodes_by_module
 from .quantize import quantize_with_plan
 from .ranges import DEFAULT_PERCENTILE, CalibrationMethod, calibration_batch_size, collect_ranges
 from .recipe import get_target, plan_quantization
 
+# benchmarks/calibration_methods.py on the CIFAR-10 reference (8,000 test images, 512 train images):
+# top-1 agreement with eager 98.78% minmax, 98.90% entropy, 99.15% percentile 99.99.
 DEFAULT_METHOD = "percentile"
 
 
@@ -93,15 +96,15 @@ def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
             entry.key, entry.value = key, value
 
 
-def cached_ranges(key: CacheKey, candidates, log: Callable[[str], None]) -> tuple[dict | None, str]:
-    """Ranges from the first existing cache whose key matches; every cache looked at is reported."""
+def cached_calibration(key: CacheKey, candidates, log: Callable[[str], None]) -> tuple[Calibration | None, str]:
+    """The calibration from the first existing cache whose key matches; every cache looked at is reported."""
     for candidate in candidates:
         if candidate is None or not Path(candidate).is_file():
             continue
         lookup = read_cache(Path(candidate), key)
         log(lookup.message)
-        if lookup.ranges is not None:
-            return lookup.ranges, lookup.message
+        if lookup.calibration is not None:
+            return lookup.calibration, lookup.message
     return None, "computed"
 
 
@@ -139,16 +142,23 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     method = CalibrationMethod(options.calib_method, options.calib_percentile, symmetric=target.activation_symmetric)
     model = name_nodes_by_module(onnx.load(str(fp32_path)))
     data = load_calibration_data(preprocessing, options.calib_data, options.calib_size, options.seed, log)
-    key = calibration_cache_key(graph_fingerprint(model), data.provenance, preprocessing.to_dict(), method.to_dict(),
-                                versions)
-    ranges, cache_message = cached_ranges(key, (options.calib_cache, previous_cache), log)
-    if ranges is None:
-        size = batch or calibration_batch_size(preprocessing.image_size)
+    key = calibration_cache_key(graph_fingerprint(model), data.provenance, preprocessing.to_dict(),
+                                {**method.to_dict(), "equalization": EQUALIZATION}, versions)
+    check = next(fixed_batches(data.holdout, batch or min(len(data.holdout), 8), pad=batch is not None))
+    size = batch or calibration_batch_size(preprocessing.image_size)
+    calibration, cache_message = cached_calibration(key, (options.calib_cache, previous_cache), log)
+    if calibration is None:
+        scales = stream_scales(model, data.batches(size, pad=batch is not None))
+        model = apply_stream_scales(model, scales, check)
         ranges = calibrate(model, data, method, size, pad=batch is not None, log=log)
+        calibration = Calibration(ranges, {stage: s.tolist() for stage, s in scales.items()})
         if options.calib_cache is not None:
-            write_cache(Path(options.calib_cache), key, ranges)
+            write_cache(Path(options.calib_cache), key, calibration)
+    else:
+        model = apply_stream_scales(model, {k: np.asarray(v) for k, v in calibration.stream_scales.items()}, check)
+    ranges = calibration.ranges
     if cache_out is not None:
-        write_cache(cache_out, key, ranges)
+        write_cache(cache_out, key, calibration)
 
     plan = plan_quantization(model, target, options.exclude, warn=log)
     if "gelu" in target.quantized_classes and not any(node.op_type == "Gelu" for node in model.graph.node):
@@ -181,6 +191,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     quantized_report = {**plan.report(), "float_mac_fraction": float_mac_fraction(plan, macs)}
     if fallback is not None:
         quantized_report["fallback"] = fallback
-    calibration = {**data.describe(), **method.to_dict(), "cache": cache_message, "cache_key": key.digest,
-                   "notes": list(data.notes)}
-    return Int8Result(out_path, drift, {"calibration": calibration, "quantized": quantized_report})
+    calibration_report = {**data.describe(), **method.to_dict(), "cache": cache_message, "cache_key": key.digest,
+                          "residual_stream_equalization": scales_report(
+                              {k: np.asarray(v) for k, v in calibration.stream_scales.items()}),
+                          "notes": list(data.notes)}
+    return Int8Result(out_path, drift, {"calibration": calibration_report, "quantized": quantized_report})

@@ -12,7 +12,7 @@ import onnx
 
 from ..errors import ConvNeXtExportError
 from .ranges import CalibrationMethod, tensors_data
-from .recipe import QuantPlan
+from .recipe import QuantPlan, tap_conv_outputs
 
 
 @contextmanager
@@ -35,6 +35,7 @@ def quantize_with_plan(fp32: onnx.ModelProto, ranges: dict[str, tuple[float, flo
 
     if not plan.nodes:
         raise ConvNeXtExportError("the INT8 plan quantizes no node (everything excluded); export FP32 instead")
+    fp32, plan = tap_conv_outputs(fp32, plan)
     missing = [name for name in _activation_inputs(fp32, plan) if name not in ranges]
     if missing:
         raise ConvNeXtExportError(f"calibration ranges miss {len(missing)} tensor(s) the plan quantizes "

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-DEFAULT_PERCENTILE = 99.999
+DEFAULT_PERCENTILE = 99.99  # 99.999 (ONNX Runtime's default) agreed 99.06% vs 99.15% on the CIFAR-10 reference
 CHUNK_PIXELS = 64 * 64 * 64  # images fed per collect_data call: 64 at 64 px, 5 at 224 px (~0.6 GB of activations)
 
 # Inputs and outputs of these ops cover every tensor the recipe quantizes (a norm_input Transpose

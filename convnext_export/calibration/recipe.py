@@ -1,46 +1,65 @@
-"""The ConvNeXt INT8 recipe: which nodes compute in INT8, per op class and per target.
+"""The ConvNeXt INT8 recipe: which nodes compute in INT8, per op class, per stage and per target.
 
 A node named here is "quantized" in ONNX Runtime's QDQ sense: Q/DQ pairs sit on its inputs
 (and its weights are per-channel symmetric int8), never on its outputs; a tensor therefore
 carries Q/DQ exactly when some quantized node reads it. The classes:
 
-- INT8 on both targets: the stem 4x4 conv, the downsample 2x2 convs, the 7x7 depthwise conv,
-  both pointwise convs, the head Gemm, and the residual Add (so the residual stream stays
-  int8 between blocks: QLinearAdd here, conv+add fusion in TensorRT).
+- INT8 everywhere: the stem 4x4 conv, both pointwise convs, the head Gemm.
+- INT8 in stages 0-1, float in stages 2-3 (``FLOAT_STREAM_STAGES``): the residual stream and
+  what touches it -- the 7x7 depthwise conv (reads it), the LayerNorm input after it, the
+  residual Add, and the downsample conv that starts the stage. The deep stages carry the
+  stream's largest outliers: on the CIFAR-10 reference (ConvNeXt-atto, 8,000 test images)
+  quantizing those streams cost ~0.6 point of top-1 agreement with eager (98.5% -> 99.15%
+  with them float, after ``equalize``), while at 224 px these stages are 14x14 and 7x7, so
+  keeping them float cost ~3-5% of ConvNeXt-T's INT8 latency here.
 - ``norm_input``: the Transpose in front of a LayerNorm that follows a conv (stem, blocks) or
   a residual Add (downsamples). Quantizing its input puts a Q right after the conv or Add:
   ONNX Runtime then runs it as a QLinearConv / QLinearAdd, and TensorRT picks
   int8-in/int8-out kernels instead of int8-in/fp16-out (NVIDIA Model-Optimizer PR #1117).
+- ``conv_output`` (added by ``tap_conv_outputs``): an Identity after an INT8 conv whose
+  readers are all float (pwconv2 into a float residual Add), so the conv still gets the Q
+  on its output that ONNX Runtime needs to run it as a QLinearConv.
 - LayerNormalization stays float on both targets: no int8 kernel on the CPU, and TensorRT
   keeps normalisation in FP16/FP32.
 - GELU: on ``cpu`` its input is quantized too, so pwconv1 runs as a QLinearConv (u8 out) and
   GELU is one DQ -> Gelu -> Q island feeding pwconv2's QLinearConv. Measured on this CPU
-  (ConvNeXt-T, 1 thread, ONNX Runtime profile): pwconvs 56%, GELU 16%, dwconv 10%, LN 4%,
-  Q/DQ 10%; ONNX Runtime's transpose optimizer removes every LayerNorm Transpose pair once
-  the convs are NHWC QLinearConvs, so no Transpose is left to attack. On ``tensorrt`` GELU's
-  input stays float: pwconv1 is int8-in/fp16-out with GELU fused as its epilogue
-  (TensorRT #3127, #4180), and the Q in front of pwconv2 quantizes GELU's output.
+  (ConvNeXt-T, 2 threads, ONNX Runtime profile): QLinearConv ~60% (the pointwise convs run
+  near the VNNI peak), GELU 13-14%, Q/DQ ~14% (ONNX Runtime runs them single-threaded),
+  LayerNorm 5-6%. ONNX Runtime's transpose optimizer removes every LayerNorm Transpose pair
+  once the convs are NHWC QLinearConvs, whichever side of the Transposes the Q/DQ sit on, so
+  no Transpose is left to attack in INT8 stages. Leaving GELU's input float instead made
+  pwconv1 a float conv (ONNX Runtime has no int8 conv with a float output); rewriting the
+  pointwise convs as Gemms (QGemm with a float output, no DQ before GELU) measured no faster.
+  On ``tensorrt`` GELU's input stays float: pwconv1 is int8-in/fp16-out with GELU fused as
+  its epilogue (TensorRT #3127, #4180), and the Q in front of pwconv2 quantizes its output.
 
 Activations: ``cpu`` uses asymmetric uint8 (u8s8 is the VNNI path; signed activations ran
 ~3x slower here); ``tensorrt`` uses symmetric int8 with zero point 0, all it accepts, with a
 dedicated Q/DQ pair per consumer and float biases (TensorRT's parser rejects an int32
 DequantizeLinear: "only activation types allowed as input to this layer", onnx-tensorrt #850).
+Keeping a conv float takes care: ONNX Runtime quantizes a float conv it finds between a DQ
+and a Q by itself, so ``QuantPlan.without`` also floats what would put a Q after it.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import onnx
+from onnx import helper
 
 from ..errors import InputError
 from .graph import module_of, nodes_matching, op_class
 
 TARGETS = ("cpu", "tensorrt")
-INT8_CLASSES = ("stem_conv", "downsample_conv", "dwconv", "pwconv1", "pwconv2", "head", "residual_add")
+INT8_CLASSES = ("stem_conv", "downsample_conv", "dwconv", "pwconv1", "pwconv2", "head", "residual_add",
+                "conv_output")
+# Stages whose residual stream (and the depthwise conv, LayerNorm input, residual Add and downsample conv
+# that touch it) stay float; see the module doc.
+FLOAT_STREAM_STAGES = (2, 3)
+STREAM_CLASSES = ("dwconv", "norm_input", "residual_add", "downsample_conv")
 FLOAT_CLASSES = ("layernorm",)
 
 
@@ -52,6 +71,7 @@ class Target:
     dedicated_qdq_pair: bool
     quantize_bias: bool  # int32 bias behind a DequantizeLinear (ONNX Runtime's QLinearConv) or float bias
     quantized_classes: tuple[str, ...]
+    float_stream_stages: tuple[int, ...] = FLOAT_STREAM_STAGES
 
 
 TARGET_RECIPES = {
@@ -75,6 +95,19 @@ def recipe_class(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]
         if feeds_norm and producer is not None and producer.op_type in ("Conv", "Add"):
             return "norm_input"
     return op_class(node)
+
+
+def stream_stage(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> int | None:
+    """The stage whose residual stream a node reads or writes (a downsample's norm reads the previous stage's)."""
+    match = re.match(r"^stages\.(\d+)\.", node.name)
+    if match:
+        return int(match.group(1))
+    match = re.match(r"^downsamples\.(\d+)\.1/", node.name)  # writes the next stage's stream
+    if match:
+        return int(match.group(1)) + 1
+    producer = producers.get(node.input[0]) if node.input else None
+    match = re.match(r"^stages\.(\d+)\.\d+/Add$", producer.name) if producer is not None else None
+    return int(match.group(1)) if match else None
 
 
 def fallback_unit(node_name: str) -> str:
@@ -152,6 +185,7 @@ class QuantPlan:
             "counts": {cls: len(names) for cls, names in by_class.items()},
             "nodes": by_class,
             "float": {"classes": [c for c in ("layernorm", "gelu") if c not in self.target.quantized_classes],
+                      "residual_stream_stages": list(self.target.float_stream_stages),
                       "excluded": list(self.excluded)},
         }
 
@@ -169,6 +203,8 @@ def plan_quantization(model: onnx.ModelProto, target: Target, exclude: Sequence[
     classes = {}
     for node in model.graph.node:
         cls = recipe_class(node, consumers, producers)
+        if cls in STREAM_CLASSES and stream_stage(node, producers) in target.float_stream_stages:
+            continue
         if cls in target.quantized_classes:
             classes[node.name] = cls
     matches = nodes_matching(model, exclude)
@@ -182,5 +218,36 @@ def plan_quantization(model: onnx.ModelProto, target: Target, exclude: Sequence[
     return plan.without({n for names in matches.values() for n in names})
 
 
-def class_counts(plan: QuantPlan) -> dict[str, int]:
-    return dict(Counter(plan.classes.values()))
+def tap_conv_outputs(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, QuantPlan]:
+    """Give every INT8 conv whose output no INT8 node reads a quantized output of its own.
+
+    ONNX Runtime runs a conv as QLinearConv only with a Q on its output; where the readers stay
+    float (the residual Add of a float-stream stage reads pwconv2, the first blocks of such a
+    stage read the downsample conv), an ``Identity`` "tap" in the plan puts that Q there.
+    """
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    planned = set(plan.classes)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in tapped.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    nodes, classes = [], dict(plan.classes)
+    for node in tapped.graph.node:
+        nodes.append(node)
+        if node.op_type != "Conv" or node.name not in planned:
+            continue
+        output = node.output[0]
+        if any(r.name in planned for r in readers.get(output, [])):
+            continue
+        tap = helper.make_node("Identity", [output], [f"{output}.tap"], name=f"{module_of(node.name)}/Identity")
+        for reader in readers.get(output, []):
+            for index, name in enumerate(reader.input):
+                if name == output:
+                    reader.input[index] = tap.output[0]
+        nodes.append(tap)
+        classes[tap.name] = "conv_output"
+    del tapped.graph.node[:]
+    tapped.graph.node.extend(nodes)
+    ordered = {n.name: classes[n.name] for n in tapped.graph.node if n.name in classes}
+    return tapped, QuantPlan(plan.target, ordered, plan.excluded, Wiring.of(tapped))
