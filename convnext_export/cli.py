@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -15,7 +16,8 @@ from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .calibration.recipe import TARGETS
 from .config import size_names
 from .export import DEFAULT_OPSET, MIN_OPSET
-from .options import float_triple, json_option, quiet_option, reports_errors, seed_option, write_json
+from .options import (CommandError, float_triple, json_option, quiet_option, reports_errors, seed_option,
+                      threads_option, write_json)
 from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
 from .preprocess import INTERPOLATIONS
 
@@ -102,18 +104,10 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
         preprocessing=PreprocessingOverrides(image_size, crop_pct, interpolation, mean, std), out=out, force=force,
         precision="int8" if int8 else "fp16" if fp16 else "fp32", target=target, int8=int8_options, fp16_io=fp16_io,
     )
-    with console.status("exporting", spinner="dots") if not quiet else _nullcontext():
+    with console.status("exporting", spinner="dots") if not quiet else nullcontext():
         result = export_artifact(request, log=lambda message: console.log(message))
     print_export_summary(console, result)
     write_json(json_path, export_summary(result))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def export_summary(result: ExportResult) -> dict:
@@ -195,7 +189,6 @@ if __name__ == "__main__":
 
 
 # --- convnext-bench ---------------------------------------------------------------------------
-from .options import CommandError, threads_option  # noqa: E402  (kept with the command that uses them)
 
 
 def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
