@@ -25,5 +25,13 @@ run: setup
 test: setup
 	$(BIN)/pytest -q
 
+# CI's latency gate: ConvNeXt-atto FP32 and INT8 in ONNX Runtime vs eager, compared as speedups (noise-robust)
+# with the committed baseline; 1 thread so that the two cores do not contend. Checked over repeated runs,
+# also beside a running test suite: speedups moved by <= 8%, so 20% beyond the measured spread does not flake.
+gate: setup
+	$(BIN)/convnext-bench --size atto --image-size 64 --batch 1 --threads 1 --backends torch,onnxruntime \
+		--iters 200 --block 5 --warmup 10 --no-cold-start --quiet \
+		--baseline benchmarks/baseline-atto.json --max-regression 20% --json bench-out/gate.json
+
 clean:
 	rm -rf $(VENV) artifacts bench-out

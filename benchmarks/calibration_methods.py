@@ -9,7 +9,7 @@ calibrated on CIFAR-10 train images, and evaluated with `evaluate_accuracy` on t
   int8-trt-<method>      the same with --target tensorrt, run in ONNX Runtime (a layout check, not TensorRT speed)
 
 Agreement and logits cosine are against the eager FP32 model on every test image; speed is
-batch 1 in alternating blocks vs eager (ONNX Runtime spinning off). The best CPU method
+batch 1 in alternating blocks vs eager (ONNX Runtime spinning within runs only). The best CPU method
 (highest agreement, then top-1) is printed: it is the default --calib-method.
 
     python benchmarks/calibration_methods.py --calib-size 512

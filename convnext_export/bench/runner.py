@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..artifact import Artifact, read_artifact
+from ..backends.onnxruntime import SPINNING as ORT_SPINNING
 from ..backends.base import Backend, BackendSpec, BackendUnavailable, backend_spec, default_backend_names
 from ..drift import drift_metrics
 from ..errors import ConvNeXtExportError, InputError
@@ -394,7 +395,7 @@ class Bench:
                                "excluded" if self.request.cold_start else "not measured (--no-cold-start)"),
                 "drift": "each backend's logits vs the eager model's on the same inputs (relative max-abs = "
                          "max|out-ref| / max|ref|; KL of softmax(ref) to softmax(out))",
-                "onnxruntime_spinning": False,
+                "onnxruntime_spinning": ORT_SPINNING,
             },
             "artifacts": [artifact_entry(a, stages.get(a.name)) for a in artifacts],
             "rows": rows,

@@ -72,7 +72,7 @@ class Int8Result:
 
 
 def onnxruntime_runner(batch: int | None) -> Callable[[onnx.ModelProto, np.ndarray], np.ndarray]:
-    """Run a model proto over images with ONNX Runtime (spinning off), static batches padded."""
+    """Run a model proto over images with ONNX Runtime (the backend's session options), static batches padded."""
     import onnxruntime
 
     from ..backends.onnxruntime import session_options
