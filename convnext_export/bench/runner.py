@@ -63,7 +63,8 @@ def validate_request(request: BenchRequest) -> list[BackendSpec]:
     specs = [backend_spec(name) for name in dict.fromkeys(request.backends)]
     if EAGER not in {spec.name for spec in specs}:
         specs.insert(0, backend_spec(EAGER))  # the reference every speedup and drift is measured against
-    if any(spec.gpu for spec in specs):  # GPU rows are read against eager PyTorch on the same GPU, same run
+    if any(spec.gpu for spec in specs) and torch.cuda.is_available():
+        # GPU rows are read against eager PyTorch on the same GPU in the same run (without a GPU, GPU rows are skipped)
         names = {spec.name for spec in specs}
         specs[1:1] = [backend_spec(name) for name in GPU_REFERENCES if name not in names]
     return specs
@@ -182,6 +183,9 @@ class Bench:
                 try:
                     runner = spec.open(model=reference.model, threads=self.threads)
                     runner.run(pool[0])
+                except BackendUnavailable as error:
+                    self._skip(spec, None, str(error))
+                    continue
                 except Exception as error:  # noqa: BLE001 - e.g. torch.compile without a compiler: skipped
                     if spec.name == EAGER:  # the reference failing is a bug, not a result
                         raise

@@ -5,7 +5,9 @@ get_engine_information(LayerInformationFormat.JSON)`` then returns ``{"Layers": 
 per layer, "Name", "LayerType" (e.g. "CaskConvolution", "Reformat", "Myelin"), "Inputs" /
 "Outputs" (each with "Name", "Dimensions" and, in TensorRT 10, "Format/Datatype" such as
 "Row major linear FP32" or "Thirty-two wide channel vectorized row major Int8 format"),
-"ParameterType", "Weights" {"Type": "Int8", ...} on convolutions, "TacticName". TensorRT 11
+"ParameterType", "Weights" {"Type": "Int8", ...} on convolutions, "TacticName" and, in recent
+10.x releases, "Metadata" naming the ONNX nodes a layer came from ("[ONNX Layer: stem.0/Conv]",
+several joined by a record separator for fused layers and Myelin regions). TensorRT 11
 split "Format/Datatype" into "Format" and "DataType" ("Float", "Half", "Int8": NVIDIA's
 "Migrating IEngineInspector Usage from TensorRT 10.x to 11.x"); both spellings are read. With
 a dynamic batch the formats read "N/A due to dynamic shapes" unless the inspector is given an
@@ -41,10 +43,15 @@ class LayerPrecision:
     compute: bool  # a convolution or matrix multiply
     opaque: bool  # a Myelin / foreign-node region whose inner layers the inspector does not list
     tactic: str | None = None
+    onnx_nodes: tuple[str, ...] = ()  # from "Metadata", where TensorRT records it
 
     def to_dict(self) -> dict:
         return {"name": self.name, "type": self.layer_type, "precision": self.precision, "compute": self.compute,
-                "opaque": self.opaque, "tactic": self.tactic}
+                "opaque": self.opaque, "tactic": self.tactic, "onnx_nodes": list(self.onnx_nodes)}
+
+    def came_from(self, node: str) -> bool:
+        """Whether this layer computes the ONNX node: named in its metadata, or as a whole word in its (fused) name."""
+        return node in self.onnx_nodes or _mentions(self.name, node)
 
 
 def datatype_of(description: str | None) -> str:
@@ -82,7 +89,8 @@ def layer_precision(layer: dict) -> LayerPrecision:
     compute = (layer.get("ParameterType") in COMPUTE_PARAMETER_TYPES
                or any(word in layer_type for word in ("Convolution", "MatrixMultiply", "Gemm")))
     opaque = "myelin" in layer_type.lower() or name.startswith("{ForeignNode")
-    return LayerPrecision(name, layer_type, precision, compute, opaque, layer.get("TacticName"))
+    nodes = tuple(re.findall(r"\[ONNX Layer: ([^\]]+)\]", str(layer.get("Metadata", ""))))
+    return LayerPrecision(name, layer_type, precision, compute, opaque, layer.get("TacticName") or None, nodes)
 
 
 def parse_engine_information(information: str | dict) -> list[LayerPrecision]:
@@ -121,19 +129,21 @@ def precision_report(layers: Iterable[LayerPrecision], int8_nodes: Iterable[str]
     """How much of the engine runs in INT8, and which ONNX INT8 convs TensorRT ran in another precision.
 
     ``int8_nodes``: the ONNX nodes the graph quantized (``quantized_onnx_nodes``). One the engine
-    runs in another precision is a fallback; one found in no layer name (fused into an opaque
-    Myelin region, or renamed) is listed as unattributed rather than guessed.
+    runs in another precision is a fallback; one found in no layer, or only inside an opaque Myelin
+    region whose inner precisions the inspector does not show, is listed as unattributed rather
+    than guessed.
     """
     layers = list(layers)
     counted = [layer for layer in layers if layer.layer_type not in BOOKKEEPING_TYPES]
     compute = [layer for layer in counted if layer.compute]
     fallback, unattributed = [], []
     for node in int8_nodes:
-        owners = [layer for layer in layers if _mentions(layer.name, node)]
+        owners = [layer for layer in counted if not layer.opaque and layer.came_from(node)]
         if not owners:
             unattributed.append(node)
         elif not any(layer.precision == "int8" for layer in owners):
-            fallback.append({"node": node, "layer": owners[0].name, "precision": owners[0].precision})
+            owner = next((layer for layer in owners if layer.compute), owners[0])
+            fallback.append({"node": node, "layer": owner.name, "precision": owner.precision})
     by_precision = Counter(layer.precision for layer in counted)
     compute_by_precision = Counter(layer.precision for layer in compute)
     return {
