@@ -31,7 +31,9 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 
 def test_gpu_references_join_a_run_with_gpu_backends_only_where_there_is_a_gpu(monkeypatch):
-    names = lambda request: [spec.name for spec in validate_request(request)]  # noqa: E731
+    def names(request: BenchRequest) -> list[str]:
+        return [spec.name for spec in validate_request(request)]
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert names(BenchRequest(artifacts=(), backends=("tensorrt",))) == ["torch", "torch-cuda", "torch-cuda-fp16",
                                                                          "tensorrt"]

@@ -39,8 +39,8 @@ class TorchBackend:
             self.model = torch.compile(self.model, dynamic=False)
 
     def _autocast(self):
-        if self.precision == "fp16":
-            return torch.autocast(self.device.type, dtype=torch.float16)
+        if self.precision == "fp16":  # no weight-cast cache: it must be off inside CUDA graph capture (torch docs)
+            return torch.autocast(self.device.type, dtype=torch.float16, cache_enabled=False)
         return contextlib.nullcontext()
 
     @torch.inference_mode()

@@ -30,11 +30,11 @@ class EngineTarget:
                 "compute_capability": self.compute_capability}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EngineTarget":
+    def from_dict(cls, data: dict) -> EngineTarget:
         return cls(str(data["tensorrt_version"]), str(data["gpu_name"]), str(data["compute_capability"]))
 
     @classmethod
-    def here(cls, runtime: "TensorRTRuntime") -> "EngineTarget":
+    def here(cls, runtime: TensorRTRuntime) -> EngineTarget:
         return cls(runtime.version, runtime.device.name, runtime.device.compute_capability)
 
     def describe(self) -> str:
@@ -49,7 +49,7 @@ def differences(built_for: EngineTarget, here: EngineTarget) -> list[str]:
             for label, key in fields if getattr(built_for, key) != getattr(here, key)]
 
 
-def rebuild_command(artifact: "Artifact") -> str:
+def rebuild_command(artifact: Artifact) -> str:
     """The convnext-export command that rebuilds this artifact with its engine, from what its manifest records."""
     args = ["convnext-export"]
     weights = artifact.weights
@@ -73,7 +73,7 @@ def rebuild_command(artifact: "Artifact") -> str:
     return shlex.join(args)
 
 
-def check_engine_target(artifact: "Artifact", here: EngineTarget) -> None:
+def check_engine_target(artifact: Artifact, here: EngineTarget) -> None:
     """Refuse an engine built for another TensorRT version or GPU, saying how to rebuild it here."""
     recorded = artifact.extra.get("tensorrt", {}).get("built_for")
     if recorded is None:

@@ -29,7 +29,7 @@ class BatchProfile:
         return {"min": self.min, "opt": self.opt, "max": self.max}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BatchProfile":
+    def from_dict(cls, data: dict) -> BatchProfile:
         return cls(int(data["min"]), int(data["opt"]), int(data["max"]))
 
 
