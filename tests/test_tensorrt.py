@@ -327,3 +327,15 @@ def test_trt_option_errors_are_usage_errors(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_export_requests_with_an_engine_are_checked_before_any_work():
+    from convnext_export.pipeline import ExportRequest, validate_request
+
+    settings = EngineBuildSettings(BatchProfile(1, 1, 8))
+    with pytest.raises(InputError, match="--trt takes the tensorrt INT8 layout"):
+        validate_request(ExportRequest(size="atto", precision="int8", target="cpu", engine=settings))
+    with pytest.raises(InputError, match="--batch 4 is static: the engine's profile must be 4"):
+        validate_request(ExportRequest(size="atto", batch=4, engine=settings))
+    validate_request(ExportRequest(size="atto", batch=4, engine=EngineBuildSettings(batch_profile(4))))
+    validate_request(ExportRequest(size="atto", precision="int8", target="tensorrt", engine=settings))
