@@ -20,6 +20,8 @@ from .options import (CommandError, float_triple, json_option, quiet_option, rep
                       threads_option, write_json)
 from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
 from .preprocess import INTERPOLATIONS
+from .tensorrt.build import EngineBuildSettings, parse_workspace
+from .tensorrt.profiles import DEFAULT_MAX_BATCH, batch_profile
 
 
 def _console(quiet: bool, json_path: str | None) -> Console:
@@ -67,7 +69,20 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration cache to reuse when its key matches (recomputed and rewritten otherwise); "
                    "by default the cache in the --out directory being replaced is tried.")
-@click.option("--trt", is_flag=True, help="Also build a TensorRT engine (not available yet).")
+@click.option("--trt", is_flag=True,
+              help="Also build model.engine with TensorRT 10/11 from the final ONNX (strongly typed: the ONNX's "
+                   "FP16 casts / INT8 Q/DQ decide precision). Needs an NVIDIA GPU and "
+                   "pip install 'convnext-export[tensorrt]'.")
+@click.option("--min-batch", type=int, default=None, help="--trt, dynamic batch: smallest batch the engine takes [1].")
+@click.option("--opt-batch", type=int, default=None, help="--trt, dynamic batch: batch TensorRT tunes for [min].")
+@click.option("--max-batch", type=int, default=None,
+              help=f"--trt, dynamic batch: largest batch the engine takes [max({DEFAULT_MAX_BATCH}, opt)].")
+@click.option("--workspace", default=None, metavar="SIZE",
+              help="--trt: builder workspace limit, e.g. 512MiB or 4GiB (default: TensorRT's, the GPU's memory).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="--trt: timing cache file, reused when present and rewritten after the build (faster rebuilds).")
+@click.option("--builder-opt-level", type=click.IntRange(0, 5), default=None,
+              help="--trt: TensorRT builder optimization level 0-5 (default 3: TensorRT's).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory (default artifacts/convnext_<size>-<precision>/).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
@@ -76,7 +91,8 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @reports_errors
 def export_command(size, weights, num_classes, image_size, crop_pct, interpolation, mean, std, opset, batch, seed,
                    no_fuse, fp16, fp16_io, int8, target, calib_data, calib_size, calib_method, calib_percentile,
-                   exclude, max_drift, calib_cache, trt, out, force, quiet, json_path) -> None:
+                   exclude, max_drift, calib_cache, trt, min_batch, opt_batch, max_batch, workspace, timing_cache,
+                   builder_opt_level, out, force, quiet, json_path) -> None:
     """Export a ConvNeXt to fused ONNX with a manifest, checked against the eager model."""
     if fp16 and int8:
         raise click.UsageError("--fp16 and --int8 exclude each other: pick one precision")
@@ -91,8 +107,16 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
     if target == "cpu" and trt:
         raise click.UsageError("--trt builds for TensorRT: it takes the tensorrt INT8 layout, not --target cpu")
     target = "tensorrt" if trt else (target or "cpu")
-    if trt:
-        raise click.UsageError("--trt is not implemented yet in this version; export ONNX (no flag)")
+    trt_only = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch, "--workspace": workspace,
+                "--timing-cache": timing_cache, "--builder-opt-level": builder_opt_level}
+    given = [flag for flag, value in trt_only.items() if value is not None]
+    if given and not trt:
+        raise click.UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --trt only")
+    engine = EngineBuildSettings(
+        profile=batch_profile(batch, min_batch, opt_batch, max_batch),
+        workspace_bytes=parse_workspace(workspace) if workspace is not None else None,
+        timing_cache=timing_cache, optimization_level=builder_opt_level,
+    ) if trt else None
     console = _console(quiet, json_path)
     int8_options = Int8Options(
         calib_data=calib_data, calib_size=calib_size or DEFAULT_CALIB_SIZE, calib_method=calib_method or DEFAULT_METHOD,
@@ -103,6 +127,7 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
         size=size, weights=weights, num_classes=num_classes, seed=seed, opset=opset, batch=batch, fuse=not no_fuse,
         preprocessing=PreprocessingOverrides(image_size, crop_pct, interpolation, mean, std), out=out, force=force,
         precision="int8" if int8 else "fp16" if fp16 else "fp32", target=target, int8=int8_options, fp16_io=fp16_io,
+        engine=engine,
     )
     with console.status("exporting", spinner="dots") if not quiet else nullcontext():
         result = export_artifact(request, log=lambda message: console.log(message))
@@ -139,8 +164,40 @@ def print_export_summary(console: Console, result: ExportResult) -> None:
     table.add_row("drift", f"{drift['relative_max_abs']:.2e} relative max-abs vs eager, cosine "
                            f"{drift['cosine_min']:.6f} (top-1 agreement {drift['top1_agreement']:.0%}, "
                            f"{drift['inputs']})")
+    for name, value in engine_rows(artifact):
+        table.add_row(name, value)
     table.add_row("time", f"{result.seconds:.1f} s")
     console.print(table)
+
+
+def engine_rows(artifact) -> list[tuple[str, str]]:
+    """Summary rows for --trt: the engine, where it may run, how much of it TensorRT ran in INT8, its drift."""
+    engine = artifact.extra.get("tensorrt")
+    if not engine:
+        return []
+    target, build, report = engine["built_for"], engine["build"], engine["precision"]
+    profile = build["profile"]
+    rows = [("engine", f"{artifact.directory / engine['engine_file']} ({engine['engine_bytes'] / 1e6:.1f} MB), "
+                       f"TensorRT {target['tensorrt_version']} on {target['gpu_name']} "
+                       f"(compute capability {target['compute_capability']}), batch {profile['min']}..{profile['max']} "
+                       f"opt {profile['opt']}, built in {build['seconds']:.1f} s")]
+    counts = ", ".join(f"{precision} {n}" for precision, n in report["by_precision"].items())
+    shares = []
+    if report["int8_layer_share"] is not None:
+        shares.append(f"INT8 {report['int8_layer_share']:.0%} of layers")
+    if report["int8_compute_share"] is not None:
+        shares.append(f"{report['int8_compute_share']:.0%} of conv/matmul layers")
+    rows.append(("engine layers", f"{report['layers']} layers ({counts})" + (f"; {', '.join(shares)}" if shares else "")
+                 + (f"; {len(report['opaque_layers'])} opaque Myelin region(s)" if report["opaque_layers"] else "")))
+    if artifact.precision == "int8":
+        fallback = ", ".join(f"{f['node']} ({f['precision']})" for f in report["int8_fallback"]) or "none"
+        rows.append(("INT8 fallback", f"quantized convs TensorRT ran in another precision: {fallback}"
+                     + (f"; {len(report['int8_unattributed'])} not attributable by name"
+                        if report["int8_unattributed"] else "")))
+    drift = engine["drift"]
+    rows.append(("engine drift", f"{drift['relative_max_abs']:.2e} relative max-abs vs eager, cosine "
+                                 f"{drift['cosine_min']:.6f} (top-1 agreement {drift['top1_agreement']:.0%})"))
+    return rows
 
 
 def precision_rows(artifact) -> list[tuple[str, str]]:
@@ -240,6 +297,8 @@ def _default_backends() -> str:
               help="Consecutive runs of one variant before the next takes its turn.")
 @click.option("--cold-start/--no-cold-start", default=True, show_default=True,
               help="Measure cold start and peak memory in a fresh process per artifact and backend.")
+@click.option("--cuda-graph", is_flag=True,
+              help="GPU rows: capture each backend's device work in a CUDA graph and time its replays.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Images (class folders, ImageNet synset files, .npy/.npz): drift, and accuracy where labeled.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
@@ -263,7 +322,7 @@ def _default_backends() -> str:
 @click.option("--allow-missing", is_flag=True, help="Rows missing on either side do not fail the gate.")
 @reports_errors
 def bench_command(artifact_dirs, size, image_size, weights, work, backends, batches, threads, warmup, iters, min_time,
-                  block, cold_start, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,
+                  block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,
                   max_regression, absolute, from_json, allow_missing) -> None:
     """Time artifacts on every backend beside the eager model, measure their drift, report, gate."""
     from .bench import BenchRequest, TimingPlan
@@ -280,7 +339,8 @@ def bench_command(artifact_dirs, size, image_size, weights, work, backends, batc
     baseline_report = load_report(baseline, SCHEMA) if baseline else None
     request = BenchRequest(artifacts=tuple(artifact_dirs), backends=backends, batches=batches, threads=threads,
                            plan=TimingPlan(warmup=warmup, iters=iters, min_time=min_time, block=block), data=data,
-                           limit=limit, seed=seed, profile_dir=profile_dir, cold_start=cold_start)
+                           limit=limit, seed=seed, profile_dir=profile_dir, cold_start=cold_start,
+                           cuda_graph=cuda_graph)
     validate_request(request)
     if from_json is not None:
         report = load_report(from_json, SCHEMA, "--from-json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import tempfile
@@ -27,6 +28,7 @@ from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, o
 from .fusion import FUSIONS, fuse_model
 from .model import ConvNeXt, build_model
 from .preprocess import Preprocessing, torchvision_preprocessing
+from .tensorrt.build import EngineBuildSettings
 
 DRIFT_SAMPLES = 4
 FP16_VALIDATION_SAMPLES = 8
@@ -68,6 +70,7 @@ class ExportRequest:
     target: str = "cpu"  # INT8 Q/DQ layout: "cpu" | "tensorrt"
     int8: Int8Options = field(default_factory=Int8Options)  # calibration, exclusions, drift budget
     fp16_io: bool = False  # FP16 inputs/outputs (default FP32 I/O around an FP16 graph)
+    engine: EngineBuildSettings | None = None  # --trt: also build model.engine (TensorRT) from the final ONNX
 
     def default_out(self, config: ConvNeXtConfig) -> Path:
         suffix = "-tensorrt" if self.precision == "int8" and self.target == "tensorrt" else ""
@@ -190,6 +193,14 @@ def validate_request(request: ExportRequest) -> None:
         request.int8.validate()
     if request.fp16_io and request.precision != "fp16":
         raise InputError("--fp16-io applies to --fp16 exports only")
+    if request.engine is not None:
+        request.engine.validate()
+        if request.batch is not None and request.engine.profile.to_dict() != dict.fromkeys(("min", "opt", "max"),
+                                                                                         request.batch):
+            raise InputError(f"--batch {request.batch} is static: the engine's profile must be {request.batch}, "
+                             f"not {request.engine.profile.to_dict()}")
+        if request.precision == "int8" and request.target != "tensorrt":
+            raise InputError("--trt takes the tensorrt INT8 layout (symmetric int8, zero point 0), not --target cpu")
     if request.precision != "fp32" and not request.fuse:
         raise InputError(f"--{request.precision} works on the fused graph (its INT8 recipe and FP32 LayerNorm "
                          f"need one op per layer); drop --no-fuse")
@@ -226,8 +237,16 @@ def apply_precision(request: ExportRequest, reference: ReferenceModel, fp32_path
 
 
 def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportResult:
-    """Build, fuse, export and check one artifact; nothing is left on disk if any step fails."""
+    """Build, fuse, export and check one artifact; nothing is left on disk if any step fails.
+
+    With ``request.engine`` the GPU and TensorRT are checked first, before any slow step.
+    """
     validate_request(request)
+    runtime = None
+    if request.engine is not None:
+        from .tensorrt.availability import require_tensorrt
+
+        runtime = require_tensorrt("--trt")
     started = time.perf_counter()
     reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
     out = request.out or request.default_out(reference.config)
@@ -266,6 +285,12 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
             extra.update(extra_precision)
             census = op_census(onnx.load(str(staging / "model.onnx"), load_external_data=False))
         model_path = staging / "model.onnx"
+        if runtime is not None:
+            from .tensorrt.engine_step import build_artifact_engine
+
+            settings = dataclasses.replace(request.engine, tf32=request.precision != "fp32")  # FP32: no TF32 either
+            extra["tensorrt"] = build_artifact_engine(staging, reference.preprocessing.image_size, settings, runtime,
+                                                      images, eager, log)
         artifact = Artifact(
             directory=out, model_file="model.onnx", format="onnx", precision=request.precision,
             config=reference.config, preprocessing=reference.preprocessing, weights=reference.weights,

@@ -9,7 +9,11 @@ How a backend is opened (``BackendSpec.open``):
 
 - ``consumes="reference"``: ``Factory(model, threads=..., **options)`` with the eager nn.Module;
 - ``consumes="onnx"``: ``Factory(model_path, threads=..., profile_prefix=..., **options)``;
-- ``consumes="engine"``: ``Factory(engine_path, threads=..., **options)`` (TensorRT engines).
+- ``consumes="engine"``: ``Factory(engine_path, threads=..., **options)`` (the ``model.engine``
+  that ``convnext-export --trt`` writes beside ``model.onnx``; the manifest's ``tensorrt`` entry).
+
+A backend whose instance has ``on_gpu = True`` also offers ``device_call(cuda_tensor) ->
+cuda_tensor`` for CUDA-event timing of the device work alone (``bench.gpu_timing``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class BackendSpec:
     install_hint: str | None = None
     default: bool = True  # part of convnext-bench's default --backends
     runtime_modules: tuple[str, ...] = ()  # imported ahead of a cold-start measurement, which excludes import time
+    gpu: bool = False  # runs on a CUDA GPU: the eager GPU references join any run that has one
 
     def load_class(self) -> type:
         try:
@@ -74,6 +79,15 @@ class BackendSpec:
         """Whether this backend can run an artifact of this format (``onnx`` / ``tensorrt``)."""
         return {"onnx": "onnx", "engine": "tensorrt"}.get(self.consumes) == artifact_format
 
+    def artifact_file(self, artifact: Any) -> Path | None:
+        """The file of ``artifact`` this backend runs (its ONNX or its TensorRT engine), None when it has none."""
+        if self.consumes == "onnx":
+            return artifact.model_path if artifact.format == "onnx" else None
+        if self.consumes == "engine":
+            engine = artifact.extra.get("tensorrt")
+            return artifact.directory / engine["engine_file"] if engine else None
+        return None
+
     def open(self, *, model: Any = None, model_path: str | Path | None = None, threads: int | None = None,
              profile_prefix: str | None = None) -> Backend:
         """Create a ready-to-run backend; raises ``BackendUnavailable`` where it cannot run here."""
@@ -94,19 +108,26 @@ _SPECS = [
                 runtime_modules=("torch", "torch._inductor")),
     BackendSpec("onnxruntime", "convnext_export.backends.onnxruntime", "OnnxRuntimeBackend", "onnx",
                 "ONNX Runtime, CPU execution provider", runtime_modules=("onnxruntime",)),
+    BackendSpec("torch-cuda", "convnext_export.backends.torch_eager", "TorchBackend", "reference",
+                "PyTorch eager FP32 on the GPU (TF32 off), the GPU reference", options={"device": "cuda"},
+                default=False, runtime_modules=("torch",), gpu=True),
+    BackendSpec("torch-cuda-fp16", "convnext_export.backends.torch_eager", "TorchBackend", "reference",
+                "PyTorch eager on the GPU under autocast FP16", options={"device": "cuda", "precision": "fp16"},
+                default=False, runtime_modules=("torch",), gpu=True),
     BackendSpec("onnxruntime-cuda", "convnext_export.backends.onnxruntime", "OnnxRuntimeBackend", "onnx",
                 "ONNX Runtime, CUDA execution provider", options={"provider": "CUDAExecutionProvider"},
-                install_hint="pip install onnxruntime-gpu (and a CUDA GPU)", runtime_modules=("onnxruntime",)),
+                install_hint="pip install onnxruntime-gpu (and a CUDA GPU)", runtime_modules=("onnxruntime",), gpu=True),
     BackendSpec("onnxruntime-tensorrt", "convnext_export.backends.onnxruntime", "OnnxRuntimeBackend", "onnx",
                 "ONNX Runtime, TensorRT execution provider", options={"provider": "TensorrtExecutionProvider"},
                 install_hint="pip install onnxruntime-gpu tensorrt (and a CUDA GPU)",
-                runtime_modules=("onnxruntime",)),
+                runtime_modules=("onnxruntime",), gpu=True),
     BackendSpec("openvino", "convnext_export.backends.openvino", "OpenVinoBackend", "onnx",
                 "OpenVINO CPU plugin on the same ONNX (its default inference precision)",
                 install_hint="pip install 'convnext-export[openvino]'", runtime_modules=("openvino",)),
     BackendSpec("tensorrt", "convnext_export.backends.tensorrt", "TensorRTBackend", "engine",
-                "TensorRT engine artifacts", install_hint="pip install 'convnext-export[tensorrt]' (and a CUDA GPU)",
-                runtime_modules=("tensorrt",)),
+                "TensorRT engines written by convnext-export --trt",
+                install_hint="pip install 'convnext-export[tensorrt]' on a machine with an NVIDIA GPU",
+                runtime_modules=("tensorrt",), gpu=True),
 ]
 _BACKENDS = {spec.name: spec for spec in _SPECS}
 

@@ -7,14 +7,24 @@ vs 26.4 ms, batch 1, 2 threads), while threads left spinning after a run (ONNX R
 default, ``"on"``) kept both cores busy and slowed whatever ran next by ~40% on this 2-core
 machine. Eager PyTorch timed in alternation with ``"within-run"`` sessions measured the same
 as eager alone (66-69 ms either way). ``"off"`` never spins.
+
+GPU providers: the provider must be in ``onnxruntime.get_available_providers()`` (else
+``BackendUnavailable`` before any session is made). The TensorRT provider gets no
+``trt_fp16_enable`` / ``trt_int8_enable``: without them ONNX Runtime (>= 1.22, TensorRT 10)
+builds strongly typed networks (microsoft/onnxruntime PR #24298), so the artifact's FP16 casts
+and Q/DQ decide precision as in ``convnext-export --trt``. It gets an explicit batch profile
+(``trt_profile_*_shapes``, else every new batch size rebuilds the engine) and a timing cache;
+its engine cache stays off so that a cold start measures a real build.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
+from ..tensorrt.profiles import DEFAULT_MAX_BATCH
 from .base import BackendUnavailable
 
 # provider -> (backend name, hint); GPU providers keep the CPU provider as ONNX Runtime's fallback.
@@ -56,6 +66,35 @@ def session_options(threads: int | None = None, spinning: str = SPINNING, profil
     return options
 
 
+def tensorrt_provider_options(model_path: Path, max_batch: int = DEFAULT_MAX_BATCH) -> dict[str, str]:
+    """TensorRT provider options: a batch profile 1..max (opt 1) for a dynamic batch, and a timing cache."""
+    import onnx
+
+    graph_input = onnx.load(str(model_path), load_external_data=False).graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "convnext-export" / "ort-tensorrt"
+    options = {"trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}
+    if dims and dims[0] is None and all(d is not None for d in dims[1:]):
+        shape = "x".join(str(d) for d in dims[1:])
+        options.update({f"trt_profile_{kind}_shapes": f"{graph_input.name}:{batch}x{shape}"
+                        for kind, batch in (("min", 1), ("opt", 1), ("max", max_batch))})
+    return options
+
+
+def provider_chain(provider: str, available: list[str], model_path: Path) -> list:
+    """Providers in priority order, with options: TensorRT falls back to CUDA then CPU, CUDA to CPU."""
+    if provider == "CPUExecutionProvider":
+        return [provider]
+    chain: list = []
+    if provider == "TensorrtExecutionProvider":
+        chain.append((provider, tensorrt_provider_options(model_path)))
+        if "CUDAExecutionProvider" in available:
+            chain.append(("CUDAExecutionProvider", {"device_id": "0"}))
+    else:
+        chain.append((provider, {"device_id": "0"}))
+    return chain + ["CPUExecutionProvider"]
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -70,9 +109,9 @@ class OnnxRuntimeBackend:
             )
         self.name = name
         self.threads, self.provider, self.spinning = threads, provider, spinning
-        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(
-            str(model_path), session_options(threads, spinning, profile_prefix), providers=providers
+            str(model_path), session_options(threads, spinning, profile_prefix),
+            providers=provider_chain(provider, ort.get_available_providers(), Path(model_path)),
         )
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type

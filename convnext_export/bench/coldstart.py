@@ -76,7 +76,7 @@ def _child(job: dict) -> dict:
     if spec.consumes == "reference":
         runner = spec.open(model=rebuild_reference(artifact), threads=job["threads"])
     else:
-        runner = spec.open(model_path=artifact.model_path, threads=job["threads"])
+        runner = spec.open(model_path=spec.artifact_file(artifact), threads=job["threads"])
     runner.run(images)
     seconds = time.perf_counter() - started
     peak = _status_kb("VmHWM")

@@ -61,6 +61,22 @@ def row_cells(row: dict, with_accuracy: bool) -> list[str]:
     return cells + ([_accuracy(row)] if with_accuracy else [])
 
 
+def gpu_lines(report: dict) -> list[str]:
+    """One line per GPU row: CUDA-event compute and end-to-end latency, copies, speedup vs eager on the GPU."""
+    lines = []
+    for row in report["rows"]:
+        gpu = row.get("gpu")
+        if not gpu:
+            continue
+        compute, total = gpu["compute_ms"], gpu["end_to_end_ms"]
+        speedup = gpu.get("compute_speedup_vs_eager_gpu")
+        lines.append(f"{row['id']} on {gpu['device']}: compute p50 {_ms(compute['p50'])} ms (p99 {_ms(compute['p99'])}), "
+                     f"end to end p50 {_ms(total['p50'])} ms (H2D {gpu['host_to_device_ms']:.3g}, D2H "
+                     f"{gpu['device_to_host_ms']:.3g})" + (", CUDA graph" if gpu["cuda_graphs"] else "")
+                     + (f", {speedup:.2f}x eager FP32 on the GPU" if speedup else ""))
+    return lines
+
+
 def print_report(console: Console, report: dict) -> None:
     env = report["environment"]
     with_accuracy = any(row.get("accuracy") for row in report["rows"])
@@ -70,6 +86,8 @@ def print_report(console: Console, report: dict) -> None:
     for row in report["rows"]:
         table.add_row(*row_cells(row, with_accuracy))
     console.print(table)
+    for line in gpu_lines(report):
+        console.print(f"GPU {line}")
     for artifact in report["artifacts"]:
         if artifact.get("stage_drift"):
             console.print(f"per-stage drift of {artifact['name']}: " + ", ".join(
@@ -101,6 +119,8 @@ def markdown_report(report: dict) -> str:
     ]
     for row in report["rows"]:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells(row, with_accuracy)) + " |")
+    if gpu_lines(report):
+        lines += ["", "GPU timing (CUDA events):", ""] + [f"- {line}" for line in gpu_lines(report)]
     for artifact in report["artifacts"]:
         if artifact.get("stage_drift"):
             lines += ["", f"Per-stage drift of `{artifact['name']}` (vs the fused FP32 eager model):", "",

@@ -26,6 +26,7 @@ from .environment import environment
 from .coldstart import METHOD as MEMORY_METHOD, measure_cold_start
 from .profile import profile_session, profile_torch
 from .stages import stage_drift
+from .gpu_timing import CLOCK as GPU_CLOCK, compute_speedups
 from .timing import HIGH_CV, TimingPlan, input_pool, latency_stats, measure_alternating, paired_speedup
 
 SCHEMA = "convnext-bench/1"
@@ -34,6 +35,7 @@ DRIFT_BATCH = 8
 STAGE_SAMPLES = 16
 PROFILE_RUNS = 10
 EAGER = "torch"
+GPU_REFERENCES = ("torch-cuda", "torch-cuda-fp16")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class BenchRequest:
     seed: int = 0
     profile_dir: Path | None = None
     cold_start: bool = True  # a child process per (artifact, backend): cold start and peak memory
+    cuda_graph: bool = False  # GPU rows: time CUDA graph replays (bench.gpu_timing)
 
 
 def validate_request(request: BenchRequest) -> list[BackendSpec]:
@@ -61,6 +64,10 @@ def validate_request(request: BenchRequest) -> list[BackendSpec]:
     specs = [backend_spec(name) for name in dict.fromkeys(request.backends)]
     if EAGER not in {spec.name for spec in specs}:
         specs.insert(0, backend_spec(EAGER))  # the reference every speedup and drift is measured against
+    if any(spec.gpu for spec in specs) and torch.cuda.is_available():
+        # GPU rows are read against eager PyTorch on the same GPU in the same run (without a GPU, GPU rows are skipped)
+        names = {spec.name for spec in specs}
+        specs[1:1] = [backend_spec(name) for name in GPU_REFERENCES if name not in names]
     return specs
 
 
@@ -96,7 +103,7 @@ class Subject:
 
     @property
     def precision(self) -> str:
-        return self.artifact.precision if self.artifact else "fp32"
+        return self.artifact.precision if self.artifact else self.spec.options.get("precision", "fp32")
 
     @property
     def target(self) -> str | None:
@@ -177,6 +184,9 @@ class Bench:
                 try:
                     runner = spec.open(model=reference.model, threads=self.threads)
                     runner.run(pool[0])
+                except BackendUnavailable as error:
+                    self._skip(spec, None, str(error))
+                    continue
                 except Exception as error:  # noqa: BLE001 - e.g. torch.compile without a compiler: skipped
                     if spec.name == EAGER:  # the reference failing is a bug, not a result
                         raise
@@ -191,12 +201,14 @@ class Bench:
                 continue
             pool = input_pool(batch, artifact.preprocessing.image_size, 1, self.request.seed)
             for spec in [s for s in available if s.consumes != "reference"]:
-                if not spec.accepts(artifact.format):
-                    self._skip(spec, artifact, f"runs {'TensorRT engine' if spec.consumes == 'engine' else 'ONNX'} "
-                                               f"artifacts; {artifact.name} is {artifact.format}")
+                model_path = spec.artifact_file(artifact)
+                if model_path is None:
+                    self._skip(spec, artifact, "runs TensorRT engines; export with convnext-export ... --trt"
+                               if spec.consumes == "engine" else f"runs ONNX artifacts; {artifact.name} is "
+                                                                 f"{artifact.format}")
                     continue
                 try:
-                    runner = spec.open(model_path=artifact.model_path, threads=self.threads)
+                    runner = spec.open(model_path=model_path, threads=self.threads)
                     runner.run(pool[0])
                 except BackendUnavailable as error:
                     self._skip(spec, None, str(error))
@@ -240,6 +252,7 @@ class Bench:
                     eager = next(s for s in group if s.reference is subject.reference and s.spec.name == EAGER)
                     subject.rows.append(self._row(subject, batch, timings[subject.key(batch)],
                                                   timings[eager.key(batch)], pool))
+                compute_speedups([subject.rows[-1] for subject in group])
 
     def _runs_at(self, subject: Subject, batch: int) -> bool:
         """One untimed run at this batch size; a backend that fails here is skipped for it, not a crash."""
@@ -279,23 +292,43 @@ class Bench:
             "throughput_ips": stats["throughput_ips"],
             "speedup_vs_eager": speedup,
             "cold_start": subject.cold,
-            "gpu": None,
+            "gpu": self._gpu_timing(subject, batch, pool),
             "drift": None,
             "accuracy": None,
             "profile": None,
             "warnings": row_warnings,
         }
         if self.request.profile_dir:
-            row["profile"] = str(self._profile(subject, row["id"], pool))
+            trace = self._profile(subject, row["id"], pool)
+            row["profile"] = str(trace) if trace else None
         return row
 
-    def _profile(self, subject: Subject, row_id: str, pool) -> Path:
+    def _gpu_timing(self, subject: Subject, batch: int, pool) -> dict | None:
+        """CUDA-event timing for backends on the GPU (None on the CPU); a failure is a row warning, not a crash."""
+        if not getattr(subject.runner, "on_gpu", False):
+            return None
+        from .gpu_timing import GpuTimingPlan, measure_gpu
+
+        plan = GpuTimingPlan(self.request.plan.warmup, self.request.plan.iters, self.request.cuda_graph)
+        self.progress(f"GPU timing of {subject.key(batch)}", 0, 1)
+        try:
+            return measure_gpu(subject.runner.device_call, pool, plan)
+        except Exception as error:  # noqa: BLE001 - e.g. a graph that cannot be captured
+            self.warnings.append(f"{subject.key(batch)}: GPU timing failed ({brief(error)})")
+            return None
+        finally:
+            self.progress(f"GPU timing of {subject.key(batch)}", 1, 1)
+
+    def _profile(self, subject: Subject, row_id: str, pool) -> Path | None:
         directory, runs = self.request.profile_dir, min(PROFILE_RUNS, self.request.plan.iters)
         if subject.spec.consumes == "reference":
             return profile_torch(subject.runner.run, pool, runs, directory, row_id)
+        if subject.spec.consumes == "engine":  # no runtime profiler hooked up for engines (use nsys / trtexec)
+            return None
         return profile_session(
-            lambda prefix: subject.spec.open(model_path=subject.artifact.model_path, threads=self.threads,
-                                             profile_prefix=prefix), pool, runs, directory, row_id)
+            lambda prefix: subject.spec.open(model_path=subject.spec.artifact_file(subject.artifact),
+                                             threads=self.threads, profile_prefix=prefix),
+            pool, runs, directory, row_id)
 
     # -- drift ------------------------------------------------------------------------------
     def drift_inputs(self, reference: Reference) -> tuple[np.ndarray, np.ndarray | None, str, Any]:
@@ -396,6 +429,7 @@ class Bench:
                 "drift": "each backend's logits vs the eager model's on the same inputs (relative max-abs = "
                          "max|out-ref| / max|ref|; KL of softmax(ref) to softmax(out))",
                 "onnxruntime_spinning": ORT_SPINNING,
+                "gpu_timing": f"{GPU_CLOCK}; CUDA graphs {'on' if self.request.cuda_graph else 'off'}",
             },
             "artifacts": [artifact_entry(a, stages.get(a.name)) for a in artifacts],
             "rows": rows,
