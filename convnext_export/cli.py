@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .calibration.data import DEFAULT_CALIB_SIZE
@@ -16,6 +17,7 @@ from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .calibration.recipe import TARGETS
 from .config import size_names
 from .export import DEFAULT_OPSET, MIN_OPSET
+from .files import write_atomically
 from .options import (CommandError, float_triple, json_option, quiet_option, reports_errors, seed_option,
                       threads_option, write_json)
 from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
@@ -130,7 +132,7 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
         engine=engine,
     )
     with console.status("exporting", spinner="dots") if not quiet else nullcontext():
-        result = export_artifact(request, log=lambda message: console.log(message))
+        result = export_artifact(request, log=lambda message: console.log(escape(message)))
     print_export_summary(console, result)
     write_json(json_path, export_summary(result))
 
@@ -349,7 +351,7 @@ def bench_command(artifact_dirs, size, image_size, weights, work, backends, batc
         with _bench_progress(console, quiet) as progress:
             defaults = DefaultSet(size or (None if weights else "tiny"), image_size, weights, seed, work)
             report = run_benchmark(request, defaults,
-                                   log=lambda message: console.log(message), progress=progress)
+                                   log=lambda message: console.log(escape(message)), progress=progress)
     if baseline_report is not None:
         from .bench.gate import compare
 
@@ -395,7 +397,7 @@ def _bench_outputs(report: dict, console: Console, json_path, markdown_path, plo
             sys.stdout.write(text)
         else:
             try:
-                Path(markdown_path).write_text(text)
+                write_atomically(markdown_path, text)
             except OSError as error:
                 raise CommandError(f"--markdown {markdown_path}: cannot write ({error.strerror})", 1) from None
     if plot_path:

@@ -8,7 +8,6 @@ that every export is compared with; ``fusion`` derives the inference graph from 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ConvNeXtConfig

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .errors import ConvNeXtExportError
+from .files import write_atomically
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json -).")
 json_option = click.option(
@@ -64,7 +65,6 @@ def write_json(path: str | None, payload: dict) -> None:
         sys.stdout.write(text)
         return
     try:
-        with open(path, "w") as handle:
-            handle.write(text)
+        write_atomically(path, text)
     except OSError as error:
         raise CommandError(f"--json {path}: cannot write ({error.strerror})", 1) from None

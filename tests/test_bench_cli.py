@@ -59,6 +59,9 @@ def test_bench_prints_table_and_writes_json_markdown_png(bench_run):
     assert result.exit_code == 0, result.output
     for text in ("speedup", "atto@32-10cls int8", "onnxruntime", "skipped tensorrt", "per-stage drift of atto-int8"):
         assert text in result.output
+    skipped = next(s for s in report["skipped"] if s["backend"] == "tensorrt")
+    assert "'convnext-export[tensorrt]'" in skipped["reason"]
+    assert "'convnext-export[tensorrt]'" in " ".join(result.output.split())  # not eaten as rich markup
     _validate(report)
     backends = ["torch", "onnxruntime"] + (["openvino"] if HAS_OPENVINO else [])
     expected = {("fp32", "torch")} | {(p, b) for p in ("fp32", "int8") for b in backends if b != "torch"}

@@ -24,7 +24,6 @@ from convnext_export.calibration.ranges import CalibrationMethod, collect_ranges
 from convnext_export.calibration.recipe import get_target, plan_quantization
 from convnext_export.cli import export_command
 from convnext_export.config import get_config
-from convnext_export.errors import ConvNeXtExportError
 from convnext_export.export import export_onnx
 from convnext_export.fusion import fuse_model
 from convnext_export.model import build_model

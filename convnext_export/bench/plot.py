@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConvNeXtExportError, InputError
+from ..files import replacing
 from .report import is_reference
 
 PRECISION_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728", "bf16": "#9467bd"}
@@ -95,7 +96,8 @@ def plot_pareto(report: dict, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     try:
-        fig.savefig(path, dpi=120)
+        with replacing(path) as temporary:
+            fig.savefig(temporary, dpi=120)
     except OSError as error:
         raise ConvNeXtExportError(f"--plot {path}: cannot write ({error.strerror})") from None
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -87,15 +88,15 @@ def print_report(console: Console, report: dict) -> None:
         table.add_row(*row_cells(row, with_accuracy))
     console.print(table)
     for line in gpu_lines(report):
-        console.print(f"GPU {line}")
+        console.print(f"GPU {escape(line)}")
     for artifact in report["artifacts"]:
         if artifact.get("stage_drift"):
             console.print(f"per-stage drift of {artifact['name']}: " + ", ".join(
                 f"stage {s['stage']} {s['relative_max_abs']:.1e} (cos {s['cosine_mean']:.4f})" for s in artifact["stage_drift"]))
     for skipped in report["skipped"]:
-        console.print(f"[dim]skipped {skipped_label(skipped)}: {skipped['reason']}[/dim]")
+        console.print(f"[dim]skipped {escape(skipped_label(skipped))}: {escape(skipped['reason'])}[/dim]")
     for warning in report["warnings"]:
-        console.print(f"[yellow]warning[/yellow]: {warning}")
+        console.print(f"[yellow]warning[/yellow]: {escape(warning)}")
 
 
 def markdown_report(report: dict) -> str:
@@ -166,9 +167,9 @@ def print_gate(console: Console, gate: dict, baseline_path: str) -> None:
     for label, rows in (("missing in this run", gate["missing_in_current"]),
                         ("not in the baseline", gate["missing_in_baseline"])):
         for row in rows:
-            console.print(f"[yellow]{label}[/yellow]: {row}")
+            console.print(f"[yellow]{label}[/yellow]: {escape(str(row))}")
     for note in gate["notes"]:
-        console.print(f"[yellow]note[/yellow]: {note}")
+        console.print(f"[yellow]note[/yellow]: {escape(note)}")
     verdict = "[green]gate passed[/green]" if gate["passed"] else "[bold red]gate failed[/bold red]"
     console.print(f"{verdict}: {len(failed)} regressed, {len(gate['compared'])} compared "
                   f"(mode {gate['mode']}, max regression {gate['max_regression']:.0%} + measured spread), "

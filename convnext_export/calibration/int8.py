@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from ..drift import drift_metrics
-from ..errors import ConvNeXtExportError, InputError
+from ..errors import InputError
 from ..preprocess import Preprocessing
 from .cache import CACHE_FILE, CacheKey, Calibration, calibration_cache_key, read_cache, write_cache
 from .data import DEFAULT_CALIB_SIZE, CalibrationData, fixed_batches, load_calibration_data, run_batched

@@ -10,15 +10,14 @@ either: the FP16 casts and INT8 Q/DQ this project writes are the whole precision
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConvNeXtExportError, InputError
+from ..files import write_atomically
 from .availability import TensorRTRuntime
 from .compat import EngineTarget
 from .inspect import LayerPrecision, parse_engine_information
@@ -87,18 +86,6 @@ def _logger(trt, log: Callable[[str], None]):
     return Logger()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _failure(logger, what: str) -> ConvNeXtExportError:
     detail = "; ".join(logger.errors[-3:]) or "no error message from TensorRT"
     return ConvNeXtExportError(f"TensorRT {what}: {detail}")
@@ -147,7 +134,7 @@ def build_engine(onnx_path: Path, image_size: int, settings: EngineBuildSettings
         raise _failure(logger, "could not build the engine")
     plan = bytes(serialized)
     if settings.timing_cache is not None:
-        _write_atomically(settings.timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_atomically(settings.timing_cache, bytes(config.get_timing_cache().serialize()))
     layers = inspect_layers(plan, runtime, settings.profile, image_size, logger)
     return BuiltEngine(plan, EngineTarget.here(runtime), layers, time.perf_counter() - started,
                        "flag" if major < 11 else "always", cache_state)
