@@ -91,7 +91,7 @@ def plot_pareto(report: dict, path: str | Path) -> Path:
     for ax, batch in zip(axes[0], batches):
         _panel(ax, [row for row in rows if row["batch"] == batch], batch)
     env = report["environment"]
-    fig.suptitle(f"convnext-bench: latency vs accuracy — {env['cpu']['model']}, {env['threads']} thread(s); "
+    fig.suptitle(f"convnext-bench: latency vs accuracy\n{env['cpu']['model']}, {env['threads']} thread(s); "
                  "number = speedup vs eager", fontsize=11)
     fig.tight_layout()
     path = Path(path)
