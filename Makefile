@@ -30,7 +30,7 @@ test: setup
 # also beside a running test suite: speedups moved by <= 8%, so 20% beyond the measured spread does not flake.
 gate: setup
 	$(BIN)/convnext-bench --size atto --image-size 64 --batch 1 --threads 1 --backends torch,onnxruntime \
-		--iters 200 --block 5 --warmup 10 --no-cold-start --quiet \
+		--iters 200 --block 5 --warmup 10 --no-cold-start \
 		--baseline benchmarks/baseline-atto.json --max-regression 20% --json bench-out/gate.json
 
 clean:

@@ -7,6 +7,10 @@ from rich.markup import escape
 from rich.table import Table
 
 
+def _threads(count: int) -> str:
+    return f"{count} thread{'s' if count != 1 else ''}"
+
+
 def _ms(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
@@ -81,7 +85,7 @@ def gpu_lines(report: dict) -> list[str]:
 def print_report(console: Console, report: dict) -> None:
     env = report["environment"]
     with_accuracy = any(row.get("accuracy") for row in report["rows"])
-    table = Table(title=f"convnext-bench: {env['cpu']['model']}, {env['threads']} threads", title_justify="left")
+    table = Table(title=f"convnext-bench: {env['cpu']['model']}, {_threads(env['threads'])}", title_justify="left")
     for name in COLUMNS + (["top-1 acc (Δ pt)"] if with_accuracy else []):
         table.add_column(name, justify="left" if name in ("variant", "backend") else "right")
     for row in report["rows"]:
@@ -109,7 +113,7 @@ def markdown_report(report: dict) -> str:
         "### convnext-bench",
         "",
         f"{env['cpu']['model']} ({env['cpu']['cores']} cores; {', '.join(env['cpu']['flags']) or 'no AVX-512'}), "
-        f"{settings['threads']} threads; {versions}.",
+        f"{_threads(settings['threads'])}; {versions}.",
         f"Timing: {settings['timing']['method']}, >= {settings['timing']['min_runs']} runs per variant after "
         f"{settings['timing']['warmup_runs']} warmup, blocks of {settings['timing']['block_runs']}; speedup = paired "
         f"median vs eager in the same run (± its 95% spread). Cold start and peak RSS: a fresh process per row's "
