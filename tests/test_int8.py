@@ -307,3 +307,15 @@ def test_calibration_path_without_images_is_a_usage_error(tmp_path):
         assert result.exit_code == 2, result.output
         assert "--calib-data" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_holdout_too_small_for_the_budget_is_warned():
+    from convnext_export.calibration.fallback import holdout_resolution_warning
+
+    # 99% on 128 hold-out images tolerates 1.3 disagreements: the CIFAR-10 case that passed the hold-out
+    # and missed on the test set.
+    warning = holdout_resolution_warning(0.99, 128)
+    assert warning is not None and "1.3 disagreement(s)" in warning and "--calib-size 4000" in warning
+    assert holdout_resolution_warning(0.99, 500) is None
+    assert holdout_resolution_warning(0.9, 64) is None  # 6.4 tolerated
+    assert "every one of the 32" in holdout_resolution_warning(1.0, 32)

@@ -16,7 +16,7 @@ from ..preprocess import Preprocessing
 from .cache import CACHE_FILE, CacheKey, Calibration, calibration_cache_key, read_cache, write_cache
 from .data import DEFAULT_CALIB_SIZE, CalibrationData, fixed_batches, load_calibration_data, run_batched
 from .equalize import EQUALIZATION, apply_stream_scales, scales_report, stream_scales
-from .fallback import fall_back_until, float_mac_fraction, layer_macs
+from .fallback import fall_back_until, float_mac_fraction, holdout_resolution_warning, layer_macs
 from .graph import graph_fingerprint, name_nodes_by_module
 from .quantize import quantize_with_plan
 from .ranges import DEFAULT_PERCENTILE, CalibrationMethod, calibration_batch_size, collect_ranges
@@ -171,6 +171,9 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     drift = drift_metrics(outputs, reference)
     macs = layer_macs(model)
     fallback = None
+    resolution = holdout_resolution_warning(options.max_drift, len(data.holdout)) if options.max_drift else None
+    if resolution:
+        log(resolution)
     if options.max_drift is not None and drift["top1_agreement"] < options.max_drift:
         log(f"top-1 agreement {drift['top1_agreement']:.2%} on the hold-out misses --max-drift "
             f"{options.max_drift}: measuring per-unit sensitivity")
@@ -183,6 +186,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
             f"{result.float_mac_fraction:.1%} of the MACs now float")
     elif options.max_drift is not None:
         fallback = {"budget_top1_agreement": options.max_drift, "moved": []}
+    if fallback is not None:
+        fallback.update({"holdout_images": len(data.holdout), "holdout_warning": resolution})
     _set_metadata(quantized, {"convnext_export.precision": "int8", "convnext_export.target": target.name})
     onnx.save(quantized, str(out_path))
 
