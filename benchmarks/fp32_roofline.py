@@ -22,6 +22,7 @@ import onnx
 import torch
 
 from convnext_export.backends.onnxruntime import session_options
+from convnext_export.calibration.fallback import layer_macs
 from convnext_export.pipeline import ExportRequest, export_artifact
 
 
@@ -36,18 +37,6 @@ def matmul_gmacs(n: int, threads: int, repeats: int = 5) -> float:
     return n ** 3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def conv_macs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, float]:
-    """MACs of every Conv node at batch 1, from its weight shape and its output's spatial size."""
-    weights = {init.name: list(init.dims) for init in model.graph.initializer}
-    macs = {}
-    for node in model.graph.node:
-        if node.op_type == "Conv" and node.input[1] in weights and node.output[0] in shapes:
-            cout, cin_per_group, kh, kw = weights[node.input[1]]
-            _, _, h, w = shapes[node.output[0]]
-            macs[node.name] = float(cout * cin_per_group * kh * kw * h * w)
-    return macs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -58,8 +47,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         artifact = export_artifact(ExportRequest(size="tiny", seed=0, out=Path(tmp) / "fp32", batch=1)).artifact
         model = onnx.shape_inference.infer_shapes(onnx.load(str(artifact.model_path)))
-        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
-        macs = conv_macs(model, shapes)
+        convs = {node.name for node in model.graph.node if node.op_type == "Conv"}
+        conv_macs = sum(m for name, m in layer_macs(model).items() if name in convs)
         options = session_options(args.threads, profile_prefix=str(Path(tmp) / "profile"))
         session = ort.InferenceSession(str(artifact.model_path), options, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 224, 224), np.float32)}
@@ -87,11 +76,11 @@ def main() -> None:
     print(f"  total                  {total / args.runs / 1e3:6.2f} ms")
     rate = pointwise_macs / (pointwise_us / 1e6) / 1e9 if pointwise_us and pointwise_macs else float("nan")
     print(f"1x1 convs: {pointwise_macs / args.runs / 1e9:.2f} GMAC in {pointwise_us / args.runs / 1e3:.2f} ms per run: {rate:.0f} GMAC/s")
-    for n in (2048, 4096):
-        print(f"torch float matmul {n}^3, {args.threads} threads: {matmul_gmacs(n, args.threads):.0f} GMAC/s")
-    all_macs = sum(macs.values())
-    print(f"conv MACs of the model: {all_macs / 1e9:.2f} G: {all_macs / (rate * 1e9) * 1e3:.1f} ms at the 1x1 convs' "
-          f"rate, {all_macs / (matmul_gmacs(4096, args.threads) * 1e9) * 1e3:.1f} ms at the matmul rate")
+    matmul = {n: matmul_gmacs(n, args.threads) for n in (2048, 4096)}
+    for n, gmacs in matmul.items():
+        print(f"torch float matmul {n}^3, {args.threads} threads: {gmacs:.0f} GMAC/s")
+    print(f"conv MACs of the model: {conv_macs / 1e9:.2f} G: {conv_macs / (rate * 1e9) * 1e3:.1f} ms at the 1x1 convs' "
+          f"rate, {conv_macs / (matmul[4096] * 1e9) * 1e3:.1f} ms at the matmul rate")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.config import get_config
+from convnext_export.drift import drift_metrics
 from convnext_export.model import build_model
 from convnext_export.pipeline import ExportRequest, export_artifact
 
@@ -87,9 +88,8 @@ def one_run(work: Path, threads: int, plan: TimingPlan, seed: int) -> dict:
     timings = measure_alternating(variants, pool, plan)
     rows = {}
     for name, timing in timings.items():
-        drift = float(np.abs(reference[name] - reference["eager"]).max() / np.abs(reference["eager"]).max())
         rows[name] = {"p50_ms": float(np.median(timing.samples)), **paired_speedup(timings["eager"], timing),
-                      "drift": drift}
+                      "drift": drift_metrics(reference[name], reference["eager"])["relative_max_abs"]}
     return rows
 
 

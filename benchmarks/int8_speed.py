@@ -42,7 +42,7 @@ from convnext_export.bench.timing import TimingPlan, input_pool, measure_alterna
 from convnext_export.calibration.data import synthetic_images
 from convnext_export.calibration.int8 import Int8Options
 from convnext_export.config import get_config
-from convnext_export.drift import topk_agreement
+from convnext_export.drift import drift_metrics
 from convnext_export.model import build_model
 from convnext_export.pipeline import ExportRequest, export_artifact
 from convnext_export.preprocess import Preprocessing
@@ -96,10 +96,9 @@ def one_run(artifacts: dict[str, Path], model: torch.nn.Module, threads: int, pl
     timings = measure_alternating(variants, pool, plan)
     rows = {}
     for name, timing in timings.items():
-        ref = outputs["eager"]
+        drift = drift_metrics(outputs[name], outputs["eager"])
         rows[name] = {"p50_ms": float(np.median(timing.samples)), **paired_speedup(timings["eager"], timing),
-                      "drift": float(np.abs(outputs[name] - ref).max() / np.abs(ref).max()),
-                      "top1_agreement": topk_agreement(outputs[name], ref, 1)}
+                      "drift": drift["relative_max_abs"], "top1_agreement": drift["top1_agreement"]}
     return rows
 
 
