@@ -1,8 +1,7 @@
 """FP32 speed of ConvNeXt-T batch 1 on this CPU: eager PyTorch vs our fused ONNX vs a plain export.
 
 All variants run in one process, in alternating short blocks (see convnext_export.bench.timing),
-with ONNX Runtime's intra-op spinning within a run only (stopped as each run returns)
-and the same thread count everywhere:
+with ONNX Runtime's intra-op spinning off and the same thread count everywhere:
 
   eager            the faithful model in PyTorch FP32 (inference_mode)
   fused-ort        `convnext-export --size tiny` (our fused graph) in ONNX Runtime
@@ -107,7 +106,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             runs.append(one_run(Path(tmp), args.threads, plan, args.seed))
             print(f"run {repeat + 1}: " + ", ".join(f"{k} {v['speedup']:.2f}x" for k, v in runs[-1].items()), flush=True)
-    print(f"\nConvNeXt-T, batch 1, {args.threads} threads, ORT spinning within runs, alternating blocks of {plan.block}, "
+    print(f"\nConvNeXt-T, batch 1, {args.threads} threads, ORT spinning off, alternating blocks of {plan.block}, "
           f"{args.iters} runs per variant per run, {args.repeats} runs\n")
     print("| variant | p50 ms (run 1) | speedup vs eager (median of runs) | spread over runs | drift vs eager |")
     print("|---|---|---|---|---|")

@@ -1,8 +1,7 @@
 """INT8 speed of ConvNeXt-T batch 1 on this CPU: eager PyTorch FP32 vs our fused INT8 vs the default path.
 
 All variants run in one process, in alternating short blocks (convnext_export.bench.timing),
-with ONNX Runtime's intra-op spinning within a run only (stopped as each run returns)
-and the same thread count everywhere:
+with ONNX Runtime's intra-op spinning off and the same thread count everywhere:
 
   eager               the faithful model in PyTorch FP32 (torch.set_num_threads, inference_mode)
   fused-fp32-ort      `convnext-export --size tiny` (our fused FP32 graph) in ONNX Runtime, for context
@@ -135,7 +134,7 @@ def main() -> None:
             print(f"run {repeat + 1}: " + ", ".join(f"{k} {v['speedup']:.2f}x" for k, v in runs[-1].items()),
                   flush=True)
         shares = profile_ops(int8.model_path, args.threads, input_pool(1, 224, 8, args.seed)) if args.profile else None
-    print(f"\nConvNeXt-T (random weights), batch 1, {args.threads} threads, ORT spinning within runs, alternating blocks of "
+    print(f"\nConvNeXt-T (random weights), batch 1, {args.threads} threads, ORT spinning off, alternating blocks of "
           f"{plan.block}, {args.iters} runs per variant per repeat, {args.repeats} repeat(s); "
           f"INT8 calibrated on {args.calib_size} synthetic images ({int8.extra['calibration']['method']})\n")
     print("| variant | p50 ms (run 1) | speedup vs eager (median of repeats) | spread over repeats "

@@ -20,9 +20,9 @@ error), saved as an official-layout checkpoint that both this project and timm l
   (``nncf.quantize`` defaults, same 32 calibration images).
 
 Timing: all variants in one alternating-block measurement (``convnext_export.bench.timing``),
-each ONNX Runtime session with the same threads and intra-op spinning within a run only
-(threads left spinning after a run made ORT look ~40% faster than it is by slowing whatever
-ran next), OpenVINO with the same thread count. Speedup = paired per-round median vs eager. Drift = logits vs eager on 16 real
+each ONNX Runtime session with the same threads and intra-op spinning off (spinning made ORT
+look ~40% faster than it is by slowing whatever ran next), OpenVINO with the same thread
+count. Speedup = paired per-round median vs eager. Drift = logits vs eager on 16 real
 ImageNet sample images. A peer that fails to build or run becomes a row with its error.
 """
 

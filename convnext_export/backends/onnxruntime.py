@@ -1,12 +1,11 @@
 """ONNX Runtime, CPU provider here (CUDA / TensorRT providers where installed).
 
-Intra-op threads spin while a run is under way and stop as the run returns
-(``session.force_spinning_stop``), the default ``SPINNING = "within-run"``: spinning between
-the ops of one run saved ~7% of ConvNeXt-T's latency here (FP32 46.5 vs 48.7 ms, INT8 23.8
-vs 26.4 ms, batch 1, 2 threads), while threads left spinning after a run (ONNX Runtime's own
-default, ``"on"``) kept both cores busy and slowed whatever ran next by ~40% on this 2-core
-machine. Eager PyTorch timed in alternation with ``"within-run"`` sessions measured the same
-as eager alone (66-69 ms either way). ``"off"`` never spins.
+Intra-op thread spinning is off by default (``SPINNING = "off"``): threads left spinning after
+a run (ONNX Runtime's own default, ``"on"``) kept both cores busy and slowed whatever ran next
+by ~40% on this 2-core machine. ``"within-run"`` spins during a run and stops as it returns
+(``session.force_spinning_stop``); ``benchmarks/ort_spinning.py`` compares the three, and on
+this noisy host no policy won consistently (ConvNeXt-T INT8 sessions of every policy sometimes
+ran ~35 ms instead of ~23 ms), so the default stays the one that cannot slow a neighbour.
 
 GPU providers: the provider must be in ``onnxruntime.get_available_providers()`` (else
 ``BackendUnavailable`` before any session is made). The TensorRT provider gets no
@@ -45,7 +44,7 @@ def _onnxruntime():
 
 
 SPINNING_POLICIES = ("within-run", "off", "on")
-SPINNING = "within-run"
+SPINNING = "off"
 
 
 def session_options(threads: int | None = None, spinning: str = SPINNING, profile_prefix: str | None = None):
