@@ -75,10 +75,6 @@ class BackendSpec:
             except ImportError:
                 raise BackendUnavailable(f"{module} is not installed: {self.install_hint or 'pip install ' + module}") from None
 
-    def accepts(self, artifact_format: str) -> bool:
-        """Whether this backend can run an artifact of this format (``onnx`` / ``tensorrt``)."""
-        return {"onnx": "onnx", "engine": "tensorrt"}.get(self.consumes) == artifact_format
-
     def artifact_file(self, artifact: Any) -> Path | None:
         """The file of ``artifact`` this backend runs (its ONNX or its TensorRT engine), None when it has none."""
         if self.consumes == "onnx":
