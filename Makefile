@@ -27,7 +27,8 @@ test: setup
 
 # CI's latency gate: ConvNeXt-atto FP32 and INT8 in ONNX Runtime vs eager, compared as speedups (noise-robust)
 # with the committed baseline; 1 thread so that the two cores do not contend. Checked over repeated runs,
-# also beside a running test suite: speedups moved by <= 8%, so 20% beyond the measured spread does not flake.
+# also beside other work: speedups moved by up to 10% (FP32 -9.9% in a fresh-clone run), so 20% beyond the
+# measured spread (28-36% allowed in those runs) does not flake.
 gate: setup
 	$(BIN)/convnext-bench --size atto --image-size 64 --batch 1 --threads 1 --backends torch,onnxruntime \
 		--iters 200 --block 5 --warmup 10 --no-cold-start \
