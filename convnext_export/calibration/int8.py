@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from .graph import graph_fingerprint, name_nodes_by_module
 from .quantize import quantize_with_plan
 from .ranges import DEFAULT_PERCENTILE, CalibrationMethod, calibration_batch_size, collect_ranges
 from .recipe import get_target, plan_quantization
+from .sigmoid_gelu import GELU_FORMS, apply_sigmoid_gelu
 
 # benchmarks/calibration_methods.py on the CIFAR-10 reference (8,000 test images, 512 train images):
 # top-1 agreement with eager 98.78% minmax, 98.90% entropy, 99.15% percentile 99.99.
@@ -39,6 +40,7 @@ class Int8Options:
     max_drift: float | None = None  # minimum top-1 agreement with eager on the hold-out
     calib_cache: Path | None = None
     seed: int = 0
+    gelu: str = "exact"  # "sigmoid": GELU as u8 lookup tables on --target cpu (calibration/sigmoid_gelu.py)
 
     def validate(self) -> None:
         """Usage errors, raised before any work."""
@@ -46,6 +48,8 @@ class Int8Options:
         if self.calib_size < 1:
             raise InputError(f"--calib-size {self.calib_size}: calibrate on at least 1 image "
                              f"(default {DEFAULT_CALIB_SIZE})")
+        if self.gelu not in GELU_FORMS:
+            raise InputError(f"--gelu {self.gelu!r}: use one of {', '.join(GELU_FORMS)}")
         if self.max_drift is not None and not 0.0 < self.max_drift <= 1.0:
             raise InputError(f"--max-drift {self.max_drift}: give the minimum top-1 agreement with the eager "
                              f"model on the hold-out, in (0, 1], e.g. 0.99")
@@ -82,6 +86,23 @@ def onnxruntime_runner(batch: int | None) -> Callable[[onnx.ModelProto, np.ndarr
                                                providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return run_batched(lambda x: session.run(None, {name: x})[0], images, batch)
+
+    return run
+
+
+def onnxruntime_outputs(batch: int | None, default_batch: int = 16):
+    """Run a model proto with ONNX Runtime and yield the named outputs batch by batch (padding dropped)."""
+    import onnxruntime
+
+    from ..backends.onnxruntime import session_options
+
+    def run(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> Iterator[list[np.ndarray]]:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
+                                               providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0].name
+        size = batch or default_batch
+        for start, chunk in zip(range(0, len(images), size), fixed_batches(images, size, pad=batch is not None)):
+            yield [output[: min(size, len(images) - start)] for output in session.run(names, {feed: chunk})]
 
     return run
 
@@ -139,6 +160,9 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     """
     options.validate()
     target = get_target(target_name)
+    if options.gelu == "sigmoid" and "gelu" not in target.quantized_classes:
+        raise InputError(f"--gelu sigmoid applies to --target cpu: on --target {target.name} GELU's input stays "
+                         f"float (TensorRT fuses exact GELU into the pointwise conv)")
     method = CalibrationMethod(options.calib_method, options.calib_percentile, symmetric=target.activation_symmetric)
     model = name_nodes_by_module(onnx.load(str(fp32_path)))
     data = load_calibration_data(preprocessing, options.calib_data, options.calib_size, options.seed, log)
@@ -188,12 +212,23 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
         fallback = {"budget_top1_agreement": options.max_drift, "moved": []}
     if fallback is not None:
         fallback.update({"holdout_images": len(data.holdout), "holdout_warning": resolution})
+    gelu = {"form": "exact"}
+    if options.gelu == "sigmoid":
+        log(f"GELU in the sigmoid form; correcting pwconv2 biases on {len(data.images)} calibration images")
+        candidate, report = apply_sigmoid_gelu(quantized, data.images, onnxruntime_outputs(batch))
+        candidate_drift = drift_metrics(run(candidate, data.holdout), reference)
+        if options.max_drift is not None and candidate_drift["top1_agreement"] < options.max_drift:
+            log(f"--gelu sigmoid: top-1 agreement {candidate_drift['top1_agreement']:.2%} on the hold-out misses "
+                f"--max-drift {options.max_drift}: keeping exact GELU")
+            gelu = {"form": "exact", "sigmoid_rejected": {"top1_agreement": candidate_drift["top1_agreement"]}}
+        else:
+            quantized, drift, gelu = candidate, candidate_drift, report
     _set_metadata(quantized, {"convnext_export.precision": "int8", "convnext_export.target": target.name})
     onnx.save(quantized, str(out_path))
 
     kind = "synthetic" if data.synthetic else "calibration"
     drift = {"inputs": f"{len(data.holdout)} hold-out {kind} images", "backend": "onnxruntime", **drift}
-    quantized_report = {**plan.report(), "float_mac_fraction": float_mac_fraction(plan, macs)}
+    quantized_report = {**plan.report(), "float_mac_fraction": float_mac_fraction(plan, macs), "gelu": gelu}
     if fallback is not None:
         quantized_report["fallback"] = fallback
     calibration_report = {**data.describe(), **method.to_dict(), "cache": cache_message, "cache_key": key.digest,
