@@ -14,7 +14,10 @@ x * sigmoid(1.702 x) (the "quick GELU" of Hendrycks & Gimpel) in those standard 
 The sigmoid form differs from GELU by up to 0.02; after u8 rounding that moves some of the 256
 table entries by one or two codes, and the mean of those moves biases pwconv2's input per channel.
 That mean is computed from the input codes seen on the calibration images and folded into pwconv2's
-int32 bias (bias correction, Nagel et al. 2019). Measured in ``benchmarks/int8_gelu.py``.
+int32 bias (bias correction, Nagel et al. 2019). Measured in ``benchmarks/int8_gelu.py``: ConvNeXt-T INT8
+1.14x faster than exact GELU; on the CIFAR-10 reference top-1 unchanged (78.49%), agreement with eager
+98.99% vs 99.15% (98.50% without the bias correction). Exact .5 ties may round differently in ONNX
+Runtime than in ``gelu_tables``; the tables only feed the correction's statistics.
 """
 
 from __future__ import annotations
