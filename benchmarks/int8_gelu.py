@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from calibration_methods import DATA, HERE, recording
-from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
+from convnext_export.backends.onnxruntime import SPINNING, SPINNING_POLICIES, OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.calibration.int8 import Int8Options
@@ -62,14 +62,15 @@ def accuracy_rows(work: Path, calib_size: int, limit: int | None, threads: int) 
     return rows
 
 
-def speed_rounds(work: Path, repeats: int, iters: int, threads: int) -> list[dict[str, float]]:
+def speed_rounds(work: Path, repeats: int, iters: int, threads: int, spinning: str) -> list[dict[str, float]]:
     paths = {form: export_artifact(ExportRequest(size="tiny", seed=0, out=work / f"tiny-{form}", precision="int8",
                                                  int8=Int8Options(calib_size=64, gelu=form))).artifact.model_path
              for form in FORMS}
     eager = TorchBackend(build_model(get_config("tiny"), seed=0), threads=threads)
     rounds = []
     for repeat in range(repeats):
-        variants = {"eager": eager.run, **{f"int8 {form}": OnnxRuntimeBackend(path, threads=threads).run
+        variants = {"eager": eager.run, **{f"int8 {form}": OnnxRuntimeBackend(path, threads=threads,
+                                                                              spinning=spinning).run
                                            for form, path in paths.items()}}
         plan = TimingPlan(warmup=5, iters=iters, block=5, pool=8)
         timings = measure_alternating(variants, input_pool(1, 224, plan.pool, repeat), plan)
@@ -83,6 +84,15 @@ def speed_rounds(work: Path, repeats: int, iters: int, threads: int) -> list[dic
     return rounds
 
 
+def print_accuracy(rows: dict[str, dict], calib_size: int) -> None:
+    images = next(iter(rows.values()))["images"]
+    print(f"\nAccuracy: CIFAR-10 reference (ConvNeXt-atto), {images} test images, INT8 --target cpu calibrated on "
+          f"{calib_size} train images.\n")
+    print("| GELU | top-1 | top-1 agreement with eager |\n|---|---|---|")
+    for label, row in rows.items():
+        print(f"| {label} | {row['top1']:.2%} | {row['agreement']:.2%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-size", type=int, default=512)
@@ -90,19 +100,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spinning", choices=SPINNING_POLICIES, default=SPINNING,
+                        help=f"ONNX Runtime intra-op spinning (default {SPINNING}; 'on' is ONNX Runtime's own default)")
+    parser.add_argument("--speed-only", action="store_true", help="skip the accuracy part")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = accuracy_rows(Path(tmp), args.calib_size, args.limit, args.threads)
-        rounds = speed_rounds(Path(tmp), args.repeats, args.iters, args.threads)
-    images = next(iter(rows.values()))["images"]
-    print(f"\nAccuracy: CIFAR-10 reference (ConvNeXt-atto), {images} test images, INT8 --target cpu calibrated on "
-          f"{args.calib_size} train images.\n")
-    print("| GELU | top-1 | top-1 agreement with eager |\n|---|---|---|")
-    for label, row in rows.items():
-        print(f"| {label} | {row['top1']:.2%} | {row['agreement']:.2%} |")
-    print(f"\nSpeed: ConvNeXt-T batch 1, {args.threads} threads, ONNX Runtime spinning off, alternating blocks of 5, "
-          f"{args.iters} runs per variant per repeat, {args.repeats} repeat(s).\n")
+        rows = {} if args.speed_only else accuracy_rows(Path(tmp), args.calib_size, args.limit, args.threads)
+        rounds = speed_rounds(Path(tmp), args.repeats, args.iters, args.threads, args.spinning)
+    if rows:
+        print_accuracy(rows, args.calib_size)
+    print(f"\nSpeed: ConvNeXt-T batch 1, {args.threads} threads, ONNX Runtime spinning {args.spinning}, alternating "
+          f"blocks of 5, {args.iters} runs per variant per repeat, {args.repeats} repeat(s).\n")
     print("| GELU | INT8 p50 ms (run 1) | speedup vs eager FP32 (median) | spread over repeats |\n|---|---|---|---|")
     for form in FORMS:
         values = [r[form] for r in rounds]
