@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convnext_export.calibration import int8 as int8_step
 from convnext_export.calibration.int8 import Int8Options, build_int8, onnxruntime_outputs
-from convnext_export.calibration.sigmoid_gelu import apply_sigmoid_gelu, find_islands, gelu_tables
+from convnext_export.calibration.sigmoid_gelu import apply_sigmoid_gelu, code_histograms, find_islands, gelu_tables
 from convnext_export.cli import export_command
 from convnext_export.config import get_config
 from convnext_export.export import export_onnx
@@ -156,6 +156,28 @@ def test_int8_export_with_sigmoid_gelu_tracks_the_exact_one(graph, tmp_path):
     # the hold-out drift is the sigmoid model's, and stays close to the exact INT8 model's
     assert sigmoid.drift["cosine_min"] > 0.99
     assert sigmoid.drift["relative_max_abs"] < 2 * exact.drift["relative_max_abs"] + 0.02
+
+
+def test_sigmoid_gelu_on_a_static_batch_graph(graph, tmp_path):
+    """A static batch pads the last calibration batch; the histograms count real images only."""
+    model = make_trained_like(build_model(get_config("atto").with_classes(10), seed=3), seed=3)
+    static = export_onnx(fuse_model(model)[0], tmp_path / "fp32-b4.onnx", 32, batch=4).path
+    result = build_int8(static, tmp_path / "model.onnx", graph["eager"], Preprocessing(image_size=32, crop_pct=1.0), 4,
+                        Int8Options(calib_size=48, gelu="sigmoid"), "cpu", tool_versions())
+    report = result.report["quantized"]["gelu"]
+    assert report["form"] == "sigmoid" and report["bias_correction_images"] == 42  # 42 % 4 = 2: one padded batch
+    assert result.drift["cosine_min"] > 0.99
+    # each channel's histogram counts 42 images x its spatial positions, none of the padding's
+    exact = build_int8(static, tmp_path / "exact.onnx", graph["eager"], Preprocessing(image_size=32, crop_pct=1.0),
+                          4, Int8Options(calib_size=48), "cpu", tool_versions())
+    quantized = onnx.load(str(exact.path))
+    islands = find_islands(quantized)
+    images = np.random.default_rng(0).normal(size=(42, 3, 32, 32)).astype(np.float32)
+    histograms = code_histograms(quantized, islands, images, onnxruntime_outputs(4))
+    positions = {"stages.0": 8 * 8, "stages.1": 4 * 4, "stages.2": 2 * 2, "stages.3": 1}
+    for island in islands:
+        expected = 42 * positions[island.gelu[:8]]
+        assert (histograms[island.codes].sum(axis=1) == expected).all(), island.gelu
 
 
 def test_sigmoid_gelu_missing_max_drift_keeps_exact_gelu(graph, tmp_path, monkeypatch):
