@@ -34,8 +34,7 @@ from ..errors import ConvNeXtExportError
 
 GELU_FORMS = ("exact", "sigmoid")
 SIGMOID_GELU_SLOPE = 1.702
-PROBABILITY_SCALE = 1.0 / 255.0
-SLOPE_GRID = tuple(np.round(np.arange(1.50, 1.901, 0.01), 2))  # fitted per island on the calibration codes  # sigmoid(1.702 x) in [0, 1] as u8 codes 0..255
+PROBABILITY_SCALE = 1.0 / 255.0  # sigmoid(1.702 x) in [0, 1] as u8 codes 0..255
 
 # (model, output names, images) -> those outputs, batch after batch
 RunOutputs = Callable[[onnx.ModelProto, list[str], np.ndarray], Iterator[list[np.ndarray]]]
@@ -98,6 +97,9 @@ def find_islands(model: onnx.ModelProto) -> list[GeluIsland]:
                 or after[0].op_type != "QuantizeLinear" or len(dequantize.input) < 3:
             continue
         quantize = after[0]
+        if len(quantize.input) < 3 or not all(name in initializers
+                                              for name in (*dequantize.input[1:3], *quantize.input[1:3])):
+            continue
         convs = [conv for dq in readers.get(quantize.output[0], []) if dq.op_type == "DequantizeLinear"
                  for conv in readers.get(dq.output[0], []) if conv.op_type == "Conv"]
         if len(convs) != 1:
