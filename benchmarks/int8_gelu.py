@@ -7,7 +7,9 @@ plus the sigmoid form without pwconv2's bias correction (the library's rewrite a
 artifact with ``correct_bias=False``), each evaluated on the test folder: top-1 and top-1 agreement
 with eager. Speed: ConvNeXt-T (random weights, 64 synthetic calibration images) both ways, timed
 with eager PyTorch FP32 in alternating blocks of 5 (batch 1, 2 threads, ONNX Runtime spinning off),
---repeats fresh rounds; the speedups' medians and spreads over the repeats are printed.
+--repeats fresh rounds; the speedups' medians and spreads over the repeats are printed. A third speed
+row, "table kernel (bound)", is the exact model with Gelu swapped for LeakyRelu, which ONNX Runtime runs
+as one u8 table kernel: what a GELU table kernel (which ONNX Runtime lacks) would give, speed only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from convnext_export.model import build_model
 from convnext_export.pipeline import ExportRequest, export_artifact, load_reference
 
 FORMS = ("exact", "sigmoid")
+TABLE_BOUND = "table kernel (bound)"
 
 
 def accuracy_rows(work: Path, calib_size: int, limit: int | None, threads: int) -> dict[str, dict]:
@@ -62,10 +65,24 @@ def accuracy_rows(work: Path, calib_size: int, limit: int | None, threads: int) 
     return rows
 
 
+def table_kernel_bound(exact: Path, out: Path) -> Path:
+    """The exact INT8 model with Gelu swapped for LeakyRelu, which ONNX Runtime runs as one u8 table kernel
+    (QLinearLeakyRelu): the speed a GELU table kernel would give, with the wrong function (speed only)."""
+    model = onnx.load(str(exact))
+    for node in model.graph.node:
+        if node.op_type == "Gelu":
+            node.op_type = "LeakyRelu"
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("alpha", 0.01))
+    onnx.save(model, str(out))
+    return out
+
+
 def speed_rounds(work: Path, repeats: int, iters: int, threads: int, spinning: str) -> list[dict[str, float]]:
     paths = {form: export_artifact(ExportRequest(size="tiny", seed=0, out=work / f"tiny-{form}", precision="int8",
                                                  int8=Int8Options(calib_size=64, gelu=form))).artifact.model_path
              for form in FORMS}
+    paths[TABLE_BOUND] = table_kernel_bound(paths["exact"], work / "tiny-table-bound.onnx")
     eager = TorchBackend(build_model(get_config("tiny"), seed=0), threads=threads)
     rounds = []
     for repeat in range(repeats):
@@ -75,12 +92,12 @@ def speed_rounds(work: Path, repeats: int, iters: int, threads: int, spinning: s
         plan = TimingPlan(warmup=5, iters=iters, block=5, pool=8)
         timings = measure_alternating(variants, input_pool(1, 224, plan.pool, repeat), plan)
         row = {"eager ms": float(np.median(timings["eager"].samples))}
-        for form in FORMS:
+        for form in paths:
             row[f"{form} ms"] = float(np.median(timings[f"int8 {form}"].samples))
             row[form] = paired_speedup(timings["eager"], timings[f"int8 {form}"])["speedup"]
         rounds.append(row)
-        print(f"run {repeat + 1}: eager {row['eager ms']:.1f} ms, INT8 exact {row['exact']:.2f}x, "
-              f"INT8 sigmoid {row['sigmoid']:.2f}x", flush=True)
+        print(f"run {repeat + 1}: eager {row['eager ms']:.1f} ms, " +
+              ", ".join(f"INT8 {form} {row[form]:.2f}x" for form in paths), flush=True)
     return rounds
 
 
@@ -113,7 +130,7 @@ def main() -> None:
     print(f"\nSpeed: ConvNeXt-T batch 1, {args.threads} threads, ONNX Runtime spinning {args.spinning}, alternating "
           f"blocks of 5, {args.iters} runs per variant per repeat, {args.repeats} repeat(s).\n")
     print("| GELU | INT8 p50 ms (run 1) | speedup vs eager FP32 (median) | spread over repeats |\n|---|---|---|---|")
-    for form in FORMS:
+    for form in (*FORMS, TABLE_BOUND):
         values = [r[form] for r in rounds]
         print(f"| {form} | {rounds[0][f'{form} ms']:.1f} | {np.median(values):.2f}x | "
               f"{min(values):.2f}-{max(values):.2f}x |")
