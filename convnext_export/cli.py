@@ -114,9 +114,6 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
     if target == "cpu" and trt:
         raise click.UsageError("--trt builds for TensorRT: it takes the tensorrt INT8 layout, not --target cpu")
     target = "tensorrt" if trt else (target or "cpu")
-    if gelu == "sigmoid" and target != "cpu":
-        raise click.UsageError("--gelu sigmoid applies to --target cpu: TensorRT fuses exact GELU into the "
-                               "pointwise conv, so its layout keeps GELU's input float")
     trt_only = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch, "--workspace": workspace,
                 "--timing-cache": timing_cache, "--builder-opt-level": builder_opt_level}
     given = [flag for flag, value in trt_only.items() if value is not None]

@@ -190,7 +190,7 @@ def validate_request(request: ExportRequest) -> None:
     if request.target not in TARGETS:
         raise InputError(f"--target {request.target!r}: use one of {', '.join(TARGETS)}")
     if request.precision == "int8":
-        request.int8.validate()
+        request.int8.validate(request.target)
     if request.fp16_io and request.precision != "fp16":
         raise InputError("--fp16-io applies to --fp16 exports only")
     if request.engine is not None:

@@ -14,7 +14,7 @@ from ..drift import drift_metrics
 from ..errors import InputError
 from ..preprocess import Preprocessing
 from .cache import CACHE_FILE, CacheKey, Calibration, calibration_cache_key, read_cache, write_cache
-from .data import DEFAULT_CALIB_SIZE, CalibrationData, fixed_batches, load_calibration_data, run_batched
+from .data import DEFAULT_CALIB_SIZE, CalibrationData, fixed_batches, load_calibration_data
 from .equalize import EQUALIZATION, apply_stream_scales, scales_report, stream_scales
 from .fallback import fall_back_until, float_mac_fraction, holdout_resolution_warning, layer_macs
 from .graph import graph_fingerprint, name_nodes_by_module
@@ -42,14 +42,17 @@ class Int8Options:
     seed: int = 0
     gelu: str = "exact"  # "sigmoid": GELU as u8 lookup tables on --target cpu (calibration/sigmoid_gelu.py)
 
-    def validate(self) -> None:
-        """Usage errors, raised before any work."""
+    def validate(self, target: str) -> None:
+        """Usage errors for an INT8 export to ``target``, raised before any work."""
         CalibrationMethod(self.calib_method, self.calib_percentile)
         if self.calib_size < 1:
             raise InputError(f"--calib-size {self.calib_size}: calibrate on at least 1 image "
                              f"(default {DEFAULT_CALIB_SIZE})")
         if self.gelu not in GELU_FORMS:
             raise InputError(f"--gelu {self.gelu!r}: use one of {', '.join(GELU_FORMS)}")
+        if self.gelu == "sigmoid" and "gelu" not in get_target(target).quantized_classes:
+            raise InputError(f"--gelu sigmoid applies to --target cpu: on --target {target} GELU's input stays "
+                             f"float (TensorRT fuses exact GELU into the pointwise conv)")
         if self.max_drift is not None and not 0.0 < self.max_drift <= 1.0:
             raise InputError(f"--max-drift {self.max_drift}: give the minimum top-1 agreement with the eager "
                              f"model on the hold-out, in (0, 1], e.g. 0.99")
@@ -76,22 +79,18 @@ class Int8Result:
 
 
 def onnxruntime_runner(batch: int | None) -> Callable[[onnx.ModelProto, np.ndarray], np.ndarray]:
-    """Run a model proto over images with ONNX Runtime (the backend's session options), static batches padded."""
-    import onnxruntime
-
-    from ..backends.onnxruntime import session_options
+    """Run a model proto over images with ONNX Runtime (the backend's session options): its first output."""
+    outputs = onnxruntime_outputs(batch)
 
     def run(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
-        session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
-                                               providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return run_batched(lambda x: session.run(None, {name: x})[0], images, batch)
+        return np.concatenate([chunk[0] for chunk in outputs(model, [model.graph.output[0].name], images)])
 
     return run
 
 
 def onnxruntime_outputs(batch: int | None, default_batch: int = 16):
-    """Run a model proto with ONNX Runtime and yield the named outputs batch by batch (padding dropped)."""
+    """Run a model proto with ONNX Runtime and yield the named outputs batch by batch (static batches padded,
+    the padding dropped)."""
     import onnxruntime
 
     from ..backends.onnxruntime import session_options
@@ -158,11 +157,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     reused only when their key matches; the ranges used are written to ``cache_out`` (beside the
     artifact) and to ``options.calib_cache`` when given.
     """
-    options.validate()
+    options.validate(target_name)
     target = get_target(target_name)
-    if options.gelu == "sigmoid" and "gelu" not in target.quantized_classes:
-        raise InputError(f"--gelu sigmoid applies to --target cpu: on --target {target.name} GELU's input stays "
-                         f"float (TensorRT fuses exact GELU into the pointwise conv)")
     method = CalibrationMethod(options.calib_method, options.calib_percentile, symmetric=target.activation_symmetric)
     model = name_nodes_by_module(onnx.load(str(fp32_path)))
     data = load_calibration_data(preprocessing, options.calib_data, options.calib_size, options.seed, log)
@@ -179,7 +175,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
         if options.calib_cache is not None:
             write_cache(Path(options.calib_cache), key, calibration)
     else:
-        model = apply_stream_scales(model, {k: np.asarray(v) for k, v in calibration.stream_scales.items()}, check)
+        scales = {stage: np.asarray(values) for stage, values in calibration.stream_scales.items()}
+        model = apply_stream_scales(model, scales, check)
     ranges = calibration.ranges
     if cache_out is not None:
         write_cache(cache_out, key, calibration)
@@ -232,7 +229,6 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     if fallback is not None:
         quantized_report["fallback"] = fallback
     calibration_report = {**data.describe(), **method.to_dict(), "cache": cache_message, "cache_key": key.digest,
-                          "residual_stream_equalization": scales_report(
-                              {k: np.asarray(v) for k, v in calibration.stream_scales.items()}),
+                          "residual_stream_equalization": scales_report(scales),
                           "notes": list(data.notes)}
     return Int8Result(out_path, drift, {"calibration": calibration_report, "quantized": quantized_report})
