@@ -52,6 +52,13 @@ def recording(run):
     return run_batch, outputs
 
 
+def test_logits(run, dataset, description: str):
+    """Top-1 of a batch runner over the test set, and its logits in order (the reference for agreement)."""
+    run_batch, outputs = recording(run)
+    accuracy = evaluate_accuracy(run_batch, dataset, batch_size=100, description=description)
+    return accuracy, np.concatenate(outputs)
+
+
 def cosine(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     out, ref = out.astype(np.float64), ref.astype(np.float64)
     return (out * ref).sum(1) / np.maximum(np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1), 1e-30)
@@ -94,14 +101,10 @@ def main() -> None:
             artifacts[name] = export_artifact(ExportRequest(weights=args.checkpoint, out=Path(tmp) / name,
                                                             **fields)).artifact
             print(f"exported {name} in {time.perf_counter() - started:.0f}s", flush=True)
-        run_eager, eager_logits = recording(torch_runner(reference.model))
-        eager = evaluate_accuracy(run_eager, dataset, batch_size=100, description="eager")
-        eager_logits = np.concatenate(eager_logits)
+        eager, eager_logits = test_logits(torch_runner(reference.model), dataset, "eager")
         backends = {name: OnnxRuntimeBackend(a.model_path, threads=args.threads) for name, a in artifacts.items()}
         for name, backend in backends.items():
-            run, logits = recording(backend.run)
-            accuracy = evaluate_accuracy(run, dataset, batch_size=100, description=name)
-            logits = np.concatenate(logits)
+            accuracy, logits = test_logits(backend.run, dataset, name)
             cos = cosine(logits, eager_logits)
             rows[name] = {"top1": accuracy.top1, "agreement": topk_agreement(logits, eager_logits, 1),
                           "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-from calibration_methods import DATA, HERE, recording
+from calibration_methods import DATA, HERE, test_logits
 from convnext_export.backends.onnxruntime import SPINNING, SPINNING_POLICIES, OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
@@ -31,7 +31,7 @@ from convnext_export.calibration.sigmoid_gelu import apply_sigmoid_gelu
 from convnext_export.config import get_config
 from convnext_export.datasets import open_dataset
 from convnext_export.drift import topk_agreement
-from convnext_export.evaluate import evaluate_accuracy, torch_runner
+from convnext_export.evaluate import torch_runner
 from convnext_export.model import build_model
 from convnext_export.pipeline import ExportRequest, export_artifact, load_reference
 
@@ -43,9 +43,7 @@ def accuracy_rows(work: Path, calib_size: int, limit: int | None, threads: int) 
     checkpoint = HERE / "reference" / "convnext_atto_cifar10.pth"
     reference = load_reference(None, checkpoint, None, 0)
     dataset = open_dataset(DATA / "test", reference.preprocessing, limit=limit, require_labels=True)
-    run_eager, eager_logits = recording(torch_runner(reference.model))
-    evaluate_accuracy(run_eager, dataset, batch_size=100, description="eager")
-    eager = np.concatenate(eager_logits)
+    _, eager = test_logits(torch_runner(reference.model), dataset, "eager")
     models = {}
     for form in FORMS:
         artifact = export_artifact(ExportRequest(
@@ -57,9 +55,8 @@ def accuracy_rows(work: Path, calib_size: int, limit: int | None, threads: int) 
     onnx.save(uncorrected, str(models["sigmoid, no bias correction"]))
     rows = {}
     for label, path in models.items():
-        run, logits = recording(OnnxRuntimeBackend(path, threads=threads).run)
-        accuracy = evaluate_accuracy(run, dataset, batch_size=100, description=label)
-        rows[label] = {"top1": accuracy.top1, "agreement": topk_agreement(np.concatenate(logits), eager, 1),
+        accuracy, logits = test_logits(OnnxRuntimeBackend(path, threads=threads).run, dataset, label)
+        rows[label] = {"top1": accuracy.top1, "agreement": topk_agreement(logits, eager, 1),
                        "images": accuracy.count}
         print(f"{label}: top-1 {accuracy.top1:.2%}, agreement {rows[label]['agreement']:.2%}", flush=True)
     return rows

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration_methods import DATA, HERE, recording
+from calibration_methods import DATA, HERE, test_logits
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
@@ -31,7 +31,7 @@ from convnext_export.calibration.int8 import Int8Options
 from convnext_export.config import get_config
 from convnext_export.datasets import open_dataset
 from convnext_export.drift import topk_agreement
-from convnext_export.evaluate import evaluate_accuracy, torch_runner
+from convnext_export.evaluate import torch_runner
 from convnext_export.model import build_model
 from convnext_export.pipeline import ExportRequest, export_artifact, load_reference
 
@@ -59,9 +59,7 @@ def main() -> None:
     checkpoint = HERE / "reference" / "convnext_atto_cifar10.pth"
     reference = load_reference(None, checkpoint, None, 0)
     dataset = open_dataset(DATA / "test", reference.preprocessing, limit=args.limit, require_labels=True)
-    run_eager, eager_logits = recording(torch_runner(reference.model))
-    evaluate_accuracy(run_eager, dataset, batch_size=100, description="eager")
-    eager_logits = np.concatenate(eager_logits)
+    _, eager_logits = test_logits(torch_runner(reference.model), dataset, "eager")
     rows: dict[str, dict] = {}
     speed_variants = {"eager": TorchBackend(build_model(get_config("tiny"), seed=0), threads=args.threads).run}
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,10 +70,9 @@ def main() -> None:
                     int8=Int8Options(calib_data=DATA / "train", calib_size=args.calib_size))).artifact
                 tiny = export_artifact(ExportRequest(size="tiny", seed=0, out=Path(tmp) / f"tiny-{len(rows)}",
                                                      precision="int8", int8=Int8Options(calib_size=16))).artifact
-            run, logits = recording(OnnxRuntimeBackend(artifact.model_path, threads=args.threads).run)
-            accuracy = evaluate_accuracy(run, dataset, batch_size=100, description=label)
-            rows[label] = {"top1": accuracy.top1,
-                           "agreement": topk_agreement(np.concatenate(logits), eager_logits, 1),
+            accuracy, logits = test_logits(OnnxRuntimeBackend(artifact.model_path, threads=args.threads).run,
+                                           dataset, label)
+            rows[label] = {"top1": accuracy.top1, "agreement": topk_agreement(logits, eager_logits, 1),
                            "float_mac_fraction": artifact.extra["quantized"]["float_mac_fraction"]}
             speed_variants[label] = OnnxRuntimeBackend(tiny.model_path, threads=args.threads).run
             print(f"{label}: top-1 {accuracy.top1:.2%}, agreement {rows[label]['agreement']:.2%}", flush=True)
