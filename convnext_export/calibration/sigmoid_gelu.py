@@ -46,6 +46,9 @@ class GeluIsland:
 
     gelu: str
     codes: str  # the u8 tensor the island reads
+    dequantized: str  # its DequantizeLinear output, Gelu's input
+    zero_point: str  # that DequantizeLinear's zero point initializer
+    output: str  # Gelu's output, which the island's QuantizeLinear reads
     x_scale: float
     x_zero: int
     y_scale: float
@@ -61,14 +64,14 @@ def _quantize(values: np.ndarray, scale: float, zero: int) -> np.ndarray:
     return np.clip(np.rint(values.astype(np.float32) / np.float32(scale)) + zero, 0, 255)
 
 
-def gelu_tables(island: GeluIsland, slope: float = SIGMOID_GELU_SLOPE) -> tuple[np.ndarray, np.ndarray]:
-    """Output code per input code 0..255: GELU (erf) and x * sigmoid(slope x), computed in float32 like
+def gelu_tables(island: GeluIsland) -> tuple[np.ndarray, np.ndarray]:
+    """Output code per input code 0..255: GELU (erf) and x * sigmoid(1.702 x), computed in float32 like
     ONNX Runtime's DequantizeLinear -> Gelu -> QuantizeLinear and its QLinearSigmoid / QLinearMul."""
     codes = np.arange(256, dtype=np.float32) - np.float32(island.x_zero)
     x = codes * np.float32(island.x_scale)
     cdf = 0.5 * (1.0 + np.vectorize(math.erf)(x.astype(np.float64) / math.sqrt(2.0)))
     exact = _quantize(x * cdf.astype(np.float32), island.y_scale, island.y_zero)
-    sigmoid_input = codes * np.float32(island.x_scale * slope)
+    sigmoid_input = codes * np.float32(island.x_scale * SIGMOID_GELU_SLOPE)
     probability = _quantize(1.0 / (1.0 + np.exp(-sigmoid_input.astype(np.float64))), PROBABILITY_SCALE, 0)
     product = (x * (probability.astype(np.float32) * np.float32(PROBABILITY_SCALE))).astype(np.float32)
     sigmoid = _quantize(product, island.y_scale, island.y_zero)
@@ -114,7 +117,8 @@ def find_islands(model: onnx.ModelProto) -> list[GeluIsland]:
             continue
         if constant(dequantize.input[2]).dtype != np.uint8:
             continue
-        islands.append(GeluIsland(node.name, dequantize.input[0], float(constant(dequantize.input[1])),
+        islands.append(GeluIsland(node.name, dequantize.input[0], node.input[0], dequantize.input[2], node.output[0],
+                                  float(constant(dequantize.input[1])),
                                   int(constant(dequantize.input[2])), float(constant(quantize.input[1])),
                                   int(constant(quantize.input[2])), conv.name, weight_dq.input[0], weight_dq.input[1],
                                   bias_dq.input[0] if bias_dq is not None else None))
@@ -139,25 +143,21 @@ def code_histograms(model: onnx.ModelProto, islands: list[GeluIsland], images: n
     return histograms
 
 
-def _sigmoid_form(model: onnx.ModelProto, island: GeluIsland,
-                  slope: float) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    gelu = next(node for node in model.graph.node if node.name == island.gelu)
-    dequantized = gelu.input[0]
-    zero_name = next(node.input[2] for node in model.graph.node if node.output and node.output[0] == dequantized)
+def _sigmoid_form(island: GeluIsland) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     stem = island.gelu.replace("/Gelu", "")
     names = {key: f"{stem}/sigmoid_gelu.{key}" for key in ("scale", "p_scale", "p_zero", "ax", "s", "p", "pf")}
-    constants = [numpy_helper.from_array(np.array(island.x_scale * slope, np.float32), names["scale"]),
+    constants = [numpy_helper.from_array(np.array(island.x_scale * SIGMOID_GELU_SLOPE, np.float32), names["scale"]),
                  numpy_helper.from_array(np.array(PROBABILITY_SCALE, np.float32), names["p_scale"]),
                  numpy_helper.from_array(np.array(0, np.uint8), names["p_zero"])]
     nodes = [
-        helper.make_node("DequantizeLinear", [island.codes, names["scale"], zero_name], [names["ax"]],
+        helper.make_node("DequantizeLinear", [island.codes, names["scale"], island.zero_point], [names["ax"]],
                          name=f"{stem}/SigmoidGeluDequantizeLinear"),
         helper.make_node("Sigmoid", [names["ax"]], [names["s"]], name=f"{stem}/Sigmoid"),
         helper.make_node("QuantizeLinear", [names["s"], names["p_scale"], names["p_zero"]], [names["p"]],
                          name=f"{stem}/SigmoidQuantizeLinear"),
         helper.make_node("DequantizeLinear", [names["p"], names["p_scale"], names["p_zero"]], [names["pf"]],
                          name=f"{stem}/SigmoidDequantizeLinear"),
-        helper.make_node("Mul", [dequantized, names["pf"]], [gelu.output[0]], name=f"{stem}/Mul"),
+        helper.make_node("Mul", [island.dequantized, names["pf"]], [island.output], name=f"{stem}/Mul"),
     ]
     return nodes, constants
 
@@ -203,7 +203,7 @@ def apply_sigmoid_gelu(model: onnx.ModelProto, images: np.ndarray, run_outputs: 
     replaced: dict[str, list[onnx.NodeProto]] = {}
     moved_codes, weighted_entries = [], []
     for island in islands:
-        nodes, constants = _sigmoid_form(rewritten, island, SIGMOID_GELU_SLOPE)
+        nodes, constants = _sigmoid_form(island)
         replaced[island.gelu] = nodes
         rewritten.graph.initializer.extend(constants)
         exact, sigmoid = gelu_tables(island)
