@@ -11,7 +11,6 @@ convs already run at that rate, the lower bound of the whole model is its MAC co
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -22,6 +21,7 @@ import onnx
 import torch
 
 from convnext_export.backends.onnxruntime import session_options
+from convnext_export.bench.profile import onnxruntime_kernel_events
 from convnext_export.calibration.fallback import layer_macs
 from convnext_export.pipeline import ExportRequest, export_artifact
 
@@ -54,8 +54,7 @@ def main() -> None:
         feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 224, 224), np.float32)}
         for _ in range(args.runs + 5):
             session.run(None, feed)
-        events = [e for e in json.loads(Path(session.end_profiling()).read_text())
-                  if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        events = onnxruntime_kernel_events(Path(session.end_profiling()))
     skip = len(events) // (args.runs + 5) * 5  # the first 5 runs are warm-up
     events = events[skip:]
     by_op: dict[str, float] = defaultdict(float)

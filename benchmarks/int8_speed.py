@@ -37,6 +37,7 @@ import torch
 
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
+from convnext_export.bench.profile import onnxruntime_kernel_events, profile_session
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.calibration.data import synthetic_images
 from convnext_export.calibration.int8 import Int8Options
@@ -73,14 +74,12 @@ def default_path(model: torch.nn.Module, work: Path, calibration: np.ndarray, na
 def profile_ops(path: Path, threads: int, pool: list[np.ndarray], runs: int = 20) -> dict[str, float]:
     """Op type -> share of kernel time in an ONNX Runtime profile."""
     with tempfile.TemporaryDirectory() as scratch:
-        backend = OnnxRuntimeBackend(path, threads=threads, profile_prefix=str(Path(scratch) / "int8"))
-        for i in range(runs):
-            backend.run(pool[i % len(pool)])
-        events = json.loads(Path(backend.end_profiling()).read_text())
+        trace = profile_session(lambda prefix: OnnxRuntimeBackend(path, threads=threads, profile_prefix=prefix),
+                                pool, runs, Path(scratch), "int8")
+        events = onnxruntime_kernel_events(trace)
     totals: dict[str, float] = defaultdict(float)
     for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            totals[event["args"]["op_name"]] += event["dur"]
+        totals[event["args"]["op_name"]] += event["dur"]
     whole = sum(totals.values())
     return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 

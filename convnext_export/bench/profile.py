@@ -8,6 +8,7 @@ a Chrome trace) and runs a few batches from the same input pool.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,3 +45,9 @@ def profile_torch(run: Callable[[np.ndarray], object], pool: Sequence[np.ndarray
             run(pool[i % len(pool)])
     profiler.export_chrome_trace(str(path))
     return path
+
+
+def onnxruntime_kernel_events(trace: Path) -> list[dict]:
+    """The per-node kernel events of an ONNX Runtime profile (``args.op_name``, ``dur`` in us, shapes)."""
+    return [event for event in json.loads(Path(trace).read_text())
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")]
