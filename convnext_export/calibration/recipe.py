@@ -30,8 +30,8 @@ carries Q/DQ exactly when some quantized node reads it. The classes:
   no Transpose is left to attack in INT8 stages. Leaving GELU's input float instead made
   pwconv1 a float conv (ONNX Runtime has no int8 conv with a float output); rewriting the
   pointwise convs as Gemms (QGemm with a float output, no DQ before GELU) measured no faster.
-  ONNX Runtime has no u8 table kernel for GELU (the island is a 256-entry table; Gather as a table ran
-  ~8x slower than the island): ``--gelu sigmoid`` (``sigmoid_gelu.py``) writes it in the sigmoid form that
+  ONNX Runtime has no u8 table kernel for GELU (the island is a 256-entry table; Gather as a table was
+  slower than the island in a one-off test): ``--gelu sigmoid`` (``sigmoid_gelu.py``) writes it in the sigmoid form that
   its QLinearSigmoid / QLinearMul table kernels run.
   On ``tensorrt`` GELU's input stays float: pwconv1 is int8-in/fp16-out with GELU fused as
   its epilogue (TensorRT #3127, #4180), and the Q in front of pwconv2 quantizes its output.

@@ -3,8 +3,8 @@
 On ``--target cpu`` every block's GELU is a float island between two QLinearConvs:
 DequantizeLinear -> Gelu -> QuantizeLinear, ~20% of ConvNeXt-T's INT8 time on this CPU (ONNX Runtime
 profile: Gelu 13%, and most of the DQ/Q traffic). Its input and output are u8, so the island is a
-256-entry table, but ONNX Runtime has no table kernel for GELU (nor an op that takes a table: Gather
-runs ~8x slower than the island). It does turn DQ -> Sigmoid -> Q into a QLinearSigmoid table and
+256-entry table, but ONNX Runtime has no table kernel for GELU (Gather, the op that takes a table, was
+slower than the island in a one-off test). It does turn DQ -> Sigmoid -> Q into a QLinearSigmoid table and
 DQ, DQ -> Mul -> Q into a QLinearMul, so ``--gelu sigmoid`` writes GELU in the sigmoid form
 x * sigmoid(1.702 x) (the "quick GELU" of Hendrycks & Gimpel) in those standard QDQ ops:
 
