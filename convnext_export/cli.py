@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .calibration.data import DEFAULT_CALIB_SIZE
+from .calibration.data import DEFAULT_CALIB_SIZE, DEFAULT_HOLDOUT
 from .calibration.int8 import DEFAULT_METHOD, Int8Options
 from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .calibration.recipe import TARGETS
@@ -19,6 +19,7 @@ from .calibration.sigmoid_gelu import GELU_FORMS
 from .config import size_names
 from .export import DEFAULT_OPSET, MIN_OPSET
 from .files import write_atomically
+from .isa import ISA_CHOICES
 from .options import (CommandError, float_triple, json_option, quiet_option, reports_errors, seed_option,
                       threads_option, write_json)
 from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
@@ -73,6 +74,13 @@ def _console(quiet: bool, json_path: str | None) -> Console:
               help="INT8 on --target cpu: 'sigmoid' runs GELU as x*sigmoid(1.702x) in ONNX Runtime's u8 lookup-table "
                    "kernels, pwconv2's bias corrected on the calibration images: ~1.1x faster INT8 here, top-1 "
                    "agreement with eager ~0.2 point lower (benchmarks/results/int8_gelu.md) [default: exact].")
+@click.option("--isa", type=click.Choice(ISA_CHOICES), default=None,
+              help="INT8 on --target cpu: the x86 integer path the weights are made and validated for: host (this "
+                   "CPU's, detected), avx2 / avx512bw (no VNNI: u8 x s8 pairs saturate, so 7-bit overflow-safe "
+                   "weights), avx512_vnni / avx_vnni / amx, or x86 (every x86 CPU) [default: host].")
+@click.option("--holdout", type=click.IntRange(min=1), default=None,
+              help="Images held out to validate the INT8 model on real and simulated kernels, beside --calib-size "
+                   f"[default: {DEFAULT_HOLDOUT} where --calib-data has them; 1/8 of synthetic data].")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration cache to reuse when its key matches (recomputed and rewritten otherwise); "
                    "by default the cache in the --out directory being replaced is tried.")
@@ -98,7 +106,7 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @reports_errors
 def export_command(size, weights, num_classes, image_size, crop_pct, interpolation, mean, std, opset, batch, seed,
                    no_fuse, fp16, fp16_io, int8, target, calib_data, calib_size, calib_method, calib_percentile,
-                   exclude, max_drift, gelu, calib_cache, trt, min_batch, opt_batch, max_batch, workspace, timing_cache,
+                   exclude, max_drift, gelu, isa, holdout, calib_cache, trt, min_batch, opt_batch, max_batch, workspace, timing_cache,
                    builder_opt_level, out, force, quiet, json_path) -> None:
     """Export a ConvNeXt to fused ONNX with a manifest, checked against the eager model."""
     if fp16 and int8:
@@ -107,7 +115,7 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
         raise click.UsageError("--fp16-io applies to --fp16 only")
     int8_only = {"--calib-data": calib_data, "--calib-size": calib_size, "--calib-method": calib_method,
                  "--calib-percentile": calib_percentile, "--exclude": exclude, "--max-drift": max_drift,
-                 "--gelu": gelu, "--calib-cache": calib_cache}
+                 "--gelu": gelu, "--isa": isa, "--holdout": holdout, "--calib-cache": calib_cache}
     given = [flag for flag, value in int8_only.items() if value not in (None, ())]
     if given and not int8:
         raise click.UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --int8 only")
@@ -129,6 +137,7 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
         calib_data=calib_data, calib_size=calib_size or DEFAULT_CALIB_SIZE, calib_method=calib_method or DEFAULT_METHOD,
         calib_percentile=DEFAULT_PERCENTILE if calib_percentile is None else calib_percentile,
         exclude=tuple(exclude), max_drift=max_drift, calib_cache=calib_cache, seed=seed, gelu=gelu or "exact",
+        isa=isa or "host", holdout=holdout,
     )
     request = ExportRequest(
         size=size, weights=weights, num_classes=num_classes, seed=seed, opset=opset, batch=batch, fuse=not no_fuse,
@@ -207,6 +216,25 @@ def engine_rows(artifact) -> list[tuple[str, str]]:
     return rows
 
 
+def isa_rows(extra: dict) -> list[tuple[str, str]]:
+    """Summary rows for the integer path the INT8 weights are made for and the real-vs-simulated kernel check."""
+    isa, check = extra.get("isa"), extra.get("kernel_validation")
+    rows = []
+    if isa:
+        host = isa["host"]
+        rows.append(("isa", f"made for {isa['made_for']} ({isa['weight_bits']}-bit weights), holds on "
+                            f"{', '.join(isa['runs_on'])}; host {host['cpu']}: {host['integer_path']}"))
+    if check:
+        runs = ", ".join(f"{name.replace('_', ' ')} {run['top1_agreement']:.2%}"
+                         + (f" (gap {run['gap_top1_agreement']:+.2%})" if name != "simulated" else "")
+                         for name, run in check["runs"].items())
+        verdict = "repaired: " + check["repaired"]["fix"] if check.get("repaired") else (
+            "no kernel gap beyond " + f"{check['tolerance']:.1%}")
+        rows.append(("kernels", f"top-1 agreement on {check['holdout_images']} hold-out images: {runs}; {verdict}"))
+        rows.append(("hold-out", check["holdout_note"]))
+    return rows
+
+
 def precision_rows(artifact) -> list[tuple[str, str]]:
     """Summary rows for the precision step: layout, calibration, what is INT8, fallback, FP16 checks."""
     extra, rows = artifact.extra, []
@@ -234,6 +262,7 @@ def precision_rows(artifact) -> list[tuple[str, str]]:
         elif "sigmoid_rejected" in gelu:
             rows.append(("gelu", f"exact: the sigmoid form reached {gelu['sigmoid_rejected']['top1_agreement']:.2%} "
                                  f"agreement on the hold-out, below --max-drift"))
+        rows.extend(isa_rows(extra))
         fallback = quantized.get("fallback")
         if fallback:
             moved = ", ".join(m["unit"] for m in fallback["moved"]) or "none needed"

@@ -218,11 +218,16 @@ def test_calibration_data_subset_holdout_and_more_than_available(tmp_path):
     notes = []
     data = load_calibration_data(PRE, folder, size=100, seed=0, log=notes.append)
     assert len(data.images) + len(data.holdout) == 20 and len(data.holdout) == holdout_count(20) == 4
-    assert any("more than the 20 images" in n for n in notes)
+    assert any("has 20 images, fewer than --calib-size 100 + --holdout 1000: calibrating on 16 and validating on 4"
+               in n for n in notes), notes
     assert data.provenance["kind"] == "dataset" and len(data.provenance["files"]) == 20
-    again = load_calibration_data(PRE, folder, size=12, seed=0)
-    assert len(again.images) + len(again.holdout) == 12
-    np.testing.assert_array_equal(again.images, load_calibration_data(PRE, folder, size=12, seed=0).images)
+    again = load_calibration_data(PRE, folder, size=12, seed=0, holdout=4)
+    assert (len(again.images), len(again.holdout)) == (12, 4)
+    np.testing.assert_array_equal(again.images, load_calibration_data(PRE, folder, size=12, seed=0, holdout=4).images)
+    # The default hold-out takes what calibration leaves (at most half the images here).
+    rest = load_calibration_data(PRE, folder, size=12, seed=0)
+    assert (len(rest.images), len(rest.holdout)) == (12, 8)
+    assert not set(map(bytes, rest.images)) & set(map(bytes, rest.holdout))  # disjoint images
     # A touched file changes the provenance the cache key hashes.
     before = json.dumps(again.provenance)
     file = sorted((folder / "a").iterdir())[0]
@@ -256,7 +261,8 @@ def test_fallback_moves_units_until_the_budget_holds(graph):
     run = onnxruntime_runner(None)
     full = run(quantize_with_plan(fp32, ranges, method, plan), holdout)
     assert (full.argmax(1) == reference.argmax(1)).mean() < 1.0
-    result = fall_back_until(fp32, ranges, method, plan, holdout, reference, 1.0, run)
+    result = fall_back_until(fp32, lambda chosen: quantize_with_plan(fp32, ranges, method, chosen), plan, holdout,
+                             reference, 1.0, run)
     assert (result.outputs.argmax(1) == reference.argmax(1)).all()
     assert 0 < len(result.moved) < len(plan.units()) and 0 < result.float_mac_fraction < 1
     moved_nodes = {n for m in result.moved for n in m["nodes"]}
@@ -309,13 +315,25 @@ def test_calibration_path_without_images_is_a_usage_error(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_holdout_too_small_for_the_budget_is_warned():
-    from convnext_export.calibration.fallback import holdout_resolution_warning
+def test_holdout_too_small_for_the_budget_stops():
+    from convnext_export.calibration.fallback import check_holdout_resolution
+    from convnext_export.errors import InputError
 
     # 99% on 128 hold-out images tolerates 1.3 disagreements: the CIFAR-10 case that passed the hold-out
-    # and missed on the test set.
-    warning = holdout_resolution_warning(0.99, 128)
-    assert warning is not None and "1.3 disagreement(s)" in warning and "--calib-size 4000" in warning
-    assert holdout_resolution_warning(0.99, 500) is None
-    assert holdout_resolution_warning(0.9, 64) is None  # 6.4 tolerated
-    assert "every one of the 32" in holdout_resolution_warning(1.0, 32)
+    # and missed on the test set. Such a budget is never reported as met: the export stops first.
+    with pytest.raises(InputError) as stopped:
+        check_holdout_resolution(0.99, 128)
+    assert "1.3 disagreement(s)" in str(stopped.value) and "--holdout 500" in str(stopped.value)
+    assert check_holdout_resolution(0.99, 500) is None
+    assert check_holdout_resolution(0.9, 64) is None  # 6.4 tolerated
+    assert "every one of the 32" in check_holdout_resolution(1.0, 32)
+
+
+def test_unresolvable_budget_is_a_usage_error_before_any_calibration(tmp_path):
+    """--max-drift 0.9999 on 8 hold-out images used to warn and then report 'met, 100%'."""
+    out = tmp_path / "x"
+    result = CliRunner().invoke(export_command, ["--size", "atto", "--image-size", "32", "--int8", "--calib-size", "64",
+                                                 "--max-drift", "0.9999", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "--max-drift 0.9999 on 8 hold-out images" in result.output and "--holdout 50000" in result.output
+    assert "calibrating (" not in result.output and not out.exists()

@@ -196,7 +196,7 @@ def test_sigmoid_gelu_missing_max_drift_keeps_exact_gelu(graph, tmp_path, monkey
         return rewritten, report
 
     monkeypatch.setattr(int8_step, "apply_sigmoid_gelu", broken)
-    result, logs = _build(graph, tmp_path / "model.onnx", gelu="sigmoid", max_drift=0.5)
+    result, logs = _build(graph, tmp_path / "model.onnx", gelu="sigmoid", max_drift=0.5, holdout=16)
     assert result.report["quantized"]["gelu"]["form"] == "exact"
     assert "sigmoid_rejected" in result.report["quantized"]["gelu"]
     assert any("keeping exact GELU" in line for line in logs)

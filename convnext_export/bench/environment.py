@@ -59,8 +59,11 @@ def gpu_info() -> list[dict]:
 
 
 def environment(threads: int) -> dict:
+    from ..isa import detect_host
+
     return {
         "cpu": cpu_info(),
+        "integer_path": detect_host().to_dict(),
         "threads": threads,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),

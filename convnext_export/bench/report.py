@@ -82,10 +82,20 @@ def gpu_lines(report: dict) -> list[str]:
     return lines
 
 
+def _integer_path(env: dict) -> str:
+    """The int8 kernel family of the machine (reports written before it was recorded say so)."""
+    path = env.get("integer_path")
+    if not path:
+        return "int8 kernels not recorded"
+    kind = {True: "saturating u8 x s8 pairs", False: "exact int32", None: "not validated"}[path["saturates"]]
+    return f"int8 kernels {path['integer_path']}: {kind}"
+
+
 def print_report(console: Console, report: dict) -> None:
     env = report["environment"]
     with_accuracy = any(row.get("accuracy") for row in report["rows"])
-    table = Table(title=f"convnext-bench: {env['cpu']['model']}, {_threads(env['threads'])}", title_justify="left")
+    table = Table(title=f"convnext-bench: {env['cpu']['model']} ({_integer_path(env)}), {_threads(env['threads'])}",
+                  title_justify="left")
     for name in COLUMNS + (["top-1 acc (Δ pt)"] if with_accuracy else []):
         table.add_column(name, justify="left" if name in ("variant", "backend") else "right")
     for row in report["rows"]:
@@ -112,7 +122,8 @@ def markdown_report(report: dict) -> str:
     lines = [
         "### convnext-bench",
         "",
-        f"{env['cpu']['model']} ({env['cpu']['cores']} cores; {', '.join(env['cpu']['flags']) or 'no AVX-512'}), "
+        f"{env['cpu']['model']} ({env['cpu']['cores']} cores; {', '.join(env['cpu']['flags']) or 'no AVX-512'}; "
+        f"{_integer_path(env)}), "
         f"{_threads(settings['threads'])}; {versions}.",
         f"Timing: {settings['timing']['method']}, >= {settings['timing']['min_runs']} runs per variant after "
         f"{settings['timing']['warmup_runs']} warmup, blocks of {settings['timing']['block_runs']}; speedup = paired "

@@ -22,6 +22,7 @@ from ..backends.base import Backend, BackendSpec, BackendUnavailable, backend_sp
 from ..drift import drift_metrics
 from ..errors import ConvNeXtExportError, InputError
 from ..pipeline import drift_inputs, rebuild_reference
+from ..isa import artifact_isa_warning, detect_host
 from .environment import environment
 from .coldstart import METHOD as MEMORY_METHOD, measure_cold_start
 from .profile import profile_session, profile_torch
@@ -143,7 +144,13 @@ class Bench:
         if not self.request.artifacts:
             raise InputError("no artifact to benchmark: pass ARTIFACT_DIR(s) or let convnext-bench export --size")
         artifacts = [read_artifact(path) for path in self.request.artifacts]  # sha256 checked
+        host = detect_host()
         for artifact in artifacts:
+            warning = artifact_isa_warning(artifact.name, artifact.precision, artifact.target,
+                                           artifact.extra.get("isa"), host)
+            if warning:
+                self.warnings.append(warning)
+                self.log(f"warning: {warning}")
             if artifact.batch is not None and artifact.batch not in self.request.batches:
                 self.skipped.append({"artifact": artifact.name, "backend": None, "batch": None,
                                      "reason": f"static batch {artifact.batch}, not among --batch "
@@ -445,7 +452,16 @@ def artifact_entry(artifact: Artifact, stages: list[dict] | None) -> dict[str, A
         "opset": artifact.opset, "batch": artifact.batch, "model_sha256": artifact.model_sha256,
         "config": artifact.config.to_dict(), "preprocessing": artifact.preprocessing.to_dict(),
         "weights": artifact.weights.to_dict(), "export_drift": artifact.drift or None, "stage_drift": stages,
+        "isa": artifact.extra.get("isa"), "kernel_validation": _kernel_summary(artifact.extra.get("kernel_validation")),
     }
+
+
+def _kernel_summary(check: dict | None) -> dict | None:
+    """The export's real-vs-simulated kernel check, without its per-run drift details."""
+    if not check:
+        return None
+    return {"holdout_images": check["holdout_images"], "costly": check["costly"],
+            "top1_agreement": {name: run["top1_agreement"] for name, run in check["runs"].items()}}
 
 
 def run_in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, static_batch: int | None) -> np.ndarray:

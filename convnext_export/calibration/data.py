@@ -22,7 +22,12 @@ from ..errors import InputError
 from ..preprocess import Preprocessing
 
 DEFAULT_CALIB_SIZE = 256
-HOLDOUT_FRACTION = 1 / 8
+# Real images held out beside the calibration images to validate the INT8 model. A loss of agreement
+# with eager is resolvable when it is RESOLVING_DISAGREEMENTS images or more (below that, Poisson noise
+# of the few disagreements a good model has hides it): 1,000 images resolve a 1-point loss.
+DEFAULT_HOLDOUT = 1000
+RESOLVING_DISAGREEMENTS = 10
+HOLDOUT_FRACTION = 1 / 8  # synthetic data, and real data with fewer images than calibration + hold-out
 MIN_HOLDOUT = 4
 SYNTHETIC_WARNING = ("calibrating on synthetic noise: its activation ranges are not representative of real "
                      "images; pass --calib-data with a few hundred images of the model's domain")
@@ -83,9 +88,39 @@ def synthetic_images(preprocessing: Preprocessing, count: int, seed: int) -> np.
     return rng.standard_normal((count, 3, size, size), dtype=np.float32)
 
 
-def _split(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def resolvable_loss(holdout: int) -> float:
+    """The smallest loss of top-1 agreement a hold-out of this many images resolves (RESOLVING_DISAGREEMENTS)."""
+    return min(1.0, RESOLVING_DISAGREEMENTS / max(holdout, 1))
+
+
+def holdout_description(data: "CalibrationData") -> dict:
+    """What the hold-out can tell: its size, the agreement loss it resolves, and in words what it is."""
+    held = len(data.holdout)
+    loss = resolvable_loss(held)
+    if data.synthetic:
+        note = (f"{held} hold-out images of synthetic noise: agreement on them is a plumbing check, not an accuracy "
+                f"figure; give --calib-data with real images")
+    elif loss > resolvable_loss(DEFAULT_HOLDOUT):
+        note = (f"a hold-out of {held} real images resolves agreement losses of {loss:.1%} or more, not "
+                f"{resolvable_loss(DEFAULT_HOLDOUT):.0%}: --calib-data has {data.provenance.get('count', held)} "
+                f"images; {DEFAULT_HOLDOUT} more than --calib-size would resolve 1%")
+    else:
+        note = f"{held} hold-out real images: resolves agreement losses of {loss:.1%} or more"
+    return {"holdout_images": held, "resolves_agreement_loss": loss, "holdout_note": note}
+
+
+def holdout_split(available: int, calib_size: int, holdout: int | None) -> int:
+    """How many of ``available`` images to hold out: ``holdout`` when calibration can keep ``calib_size`` beside
+    it, else what is left after calibration, at least 1/8 (never more than half)."""
+    if holdout is None:
+        return holdout_count(available)
+    if available >= calib_size + holdout:
+        return holdout
+    return min(max(available - calib_size, holdout_count(available)), holdout, available // 2 if available > 1 else 0)
+
+
+def _split(images: np.ndarray, seed: int, held: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed + 7919).permutation(len(images))
-    held = holdout_count(len(images))
     return images[np.sort(order[held:])], images[np.sort(order[:held])]
 
 
@@ -100,23 +135,32 @@ def file_provenance(files: list[Path], root: Path) -> list[list]:
 
 
 def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size: int = DEFAULT_CALIB_SIZE,
-                          seed: int = 0, log: Callable[[str], None] = lambda message: None) -> CalibrationData:
-    """``size`` seeded images from ``path`` (any form ``open_dataset`` reads), or noise when ``path`` is None."""
+                          seed: int = 0, log: Callable[[str], None] = lambda message: None,
+                          holdout: int | None = None) -> CalibrationData:
+    """``size`` seeded calibration images from ``path`` (any form ``open_dataset`` reads) and ``holdout`` more to
+    validate on (default ``DEFAULT_HOLDOUT``; fewer where the data has fewer, see ``holdout_split``). With no
+    ``path``, seeded noise: ``holdout`` more images, or by default 1/8 of ``size`` held out (a plumbing check)."""
     if size < 1:
         raise InputError(f"--calib-size {size}: calibrate on at least 1 image (default {DEFAULT_CALIB_SIZE})")
+    if holdout is not None and holdout < 1:
+        raise InputError(f"--holdout {holdout}: validate on at least 1 image (default {DEFAULT_HOLDOUT})")
     if path is None:
         log(f"warning: {SYNTHETIC_WARNING}")
-        images = synthetic_images(preprocessing, size, seed)
-        calibration, holdout = _split(images, seed)
+        images = synthetic_images(preprocessing, size + (holdout or 0), seed)
+        calibration, holdout_images = _split(images, seed, holdout or holdout_count(size))
         provenance = {"kind": "synthetic", "seed": seed, "count": size}
-        return CalibrationData(calibration, holdout, provenance, (SYNTHETIC_WARNING,))
+        return CalibrationData(calibration, holdout_images, provenance, (SYNTHETIC_WARNING,))
     from ..datasets import open_dataset
 
     path = Path(path)
-    dataset = open_dataset(path, preprocessing, limit=size, seed=seed)
+    holdout = DEFAULT_HOLDOUT if holdout is None else holdout
+    wanted = size + holdout
+    dataset = open_dataset(path, preprocessing, limit=wanted, seed=seed)
     notes = []
-    if len(dataset) < size:
-        note = f"--calib-size {size} is more than the {len(dataset)} images in {path}: calibrating on all of them"
+    if len(dataset) < wanted:
+        held = holdout_split(len(dataset), size, holdout)
+        note = (f"{path} has {len(dataset)} images, fewer than --calib-size {size} + --holdout {holdout}: "
+                f"calibrating on {len(dataset) - held} and validating on {held}")
         log(note)
         notes.append(note)
     with warnings.catch_warnings(record=True) as caught:
@@ -128,14 +172,15 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
     if not chunks:
         raise InputError(f"--calib-data {path}: none of its {len(dataset)} files is a readable image")
     images = np.concatenate(chunks).astype(np.float32, copy=False)
-    calibration, holdout = _split(images, seed)
-    if len(holdout) == 0:
+    calibration, holdout_images = _split(images, seed, holdout_split(len(images), size, holdout))
+    if len(holdout_images) == 0:
         note = "only one calibration image: the export is validated on that same image"
         log(f"warning: {note}")
         notes.append(note)
-        holdout = calibration
+        holdout_images = calibration
     files = dataset.files()
     root = path if path.is_dir() else path.parent
     provenance = {"kind": "dataset", "path": str(path.resolve()), "form": dataset.kind, "seed": seed,
-                  "count": len(images), "requested": size, "files": file_provenance(files, root)}
-    return CalibrationData(calibration, holdout, provenance, tuple(notes))
+                  "count": len(images), "requested": size, "requested_holdout": holdout,
+                  "files": file_provenance(files, root)}
+    return CalibrationData(calibration, holdout_images, provenance, tuple(notes))

@@ -19,12 +19,11 @@ import numpy as np
 import onnx
 
 from ..drift import topk_agreement
-from ..errors import ConvNeXtExportError
-from .quantize import quantize_with_plan
-from .ranges import CalibrationMethod
+from ..errors import ConvNeXtExportError, InputError
 from .recipe import QuantPlan
 
 RunModel = Callable[[onnx.ModelProto, np.ndarray], np.ndarray]
+Quantize = Callable[[QuantPlan], onnx.ModelProto]  # a plan -> the QDQ model the recipe makes of it
 
 
 @dataclass(frozen=True)
@@ -40,21 +39,27 @@ class FallbackResult:
 MIN_TOLERATED_DISAGREEMENTS = 5
 
 
-def holdout_resolution_warning(budget: float, holdout: int) -> str | None:
-    """A warning when the hold-out is too small for the budget to mean something, else None.
+def check_holdout_resolution(budget: float, holdout: int, synthetic: bool = False) -> str | None:
+    """Stop (InputError) when the hold-out is too small for ``budget`` to mean something; a note for 1.0.
 
     The budget tolerates (1 - budget) x holdout disagreements; with fewer than a handful, hold-out
-    agreement is a coarse estimate. Measured: full INT8 of the CIFAR-10 reference met 99% on a
-    128-image hold-out (1.3 disagreements tolerated) and reached 98.89% on the 8,000 test images.
+    agreement cannot tell the budget from a point below it. Measured: full INT8 of the CIFAR-10
+    reference met 99% on a 128-image hold-out (1.3 disagreements tolerated) and reached 98.89% on
+    the 8,000 test images.
     """
+    if budget >= 1.0:
+        return f"note: --max-drift 1.0 asks for every one of the {holdout} hold-out predictions to match eager"
     tolerated = (1.0 - budget) * holdout
     if tolerated >= MIN_TOLERATED_DISAGREEMENTS:
         return None
-    needed = math.ceil(MIN_TOLERATED_DISAGREEMENTS / max(1.0 - budget, 1e-9))
-    return (f"warning: --max-drift {budget} on {holdout} hold-out images tolerates {tolerated:.1f} disagreement(s): "
-            f"too few to tell the budget from a point below it; calibrate on more images (a hold-out of {needed}, "
-            f"i.e. --calib-size {needed * 8}: 1/8 is held out)" if budget < 1.0 else
-            f"note: --max-drift 1.0 asks for every one of the {holdout} hold-out predictions to match eager")
+    needed = math.ceil(MIN_TOLERATED_DISAGREEMENTS / (1.0 - budget) - 1e-6)
+    source = ("give --calib-data with real images" if synthetic else
+              "give --calib-data a folder with that many more images than --calib-size")
+    raise InputError(f"--max-drift {budget} on {holdout} hold-out images tolerates {tolerated:.1f} disagreement(s): "
+                     f"too few to tell the budget from a point below it, so it could not be reported as met. "
+                     f"Use --holdout {needed} or more ({source}), or a lower --max-drift "
+                     f"(at most {1 - MIN_TOLERATED_DISAGREEMENTS / holdout:.4f} on {holdout} images).")
+
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
@@ -83,25 +88,24 @@ def float_mac_fraction(plan: QuantPlan, macs: dict[str, int]) -> float:
     return sum(m for name, m in macs.items() if name not in plan.classes) / max(total, 1)
 
 
-def unit_sensitivity(fp32: onnx.ModelProto, ranges: dict, method: CalibrationMethod, plan: QuantPlan,
-                     holdout: np.ndarray, reference: np.ndarray, run_model: RunModel,
-                     log: Callable[[str], None]) -> dict[str, float]:
+def unit_sensitivity(quantize: Quantize, plan: QuantPlan, holdout: np.ndarray, reference: np.ndarray,
+                     run_model: RunModel, log: Callable[[str], None]) -> dict[str, float]:
     """Unit -> relative logits error with only that unit in INT8."""
     units = plan.units()
     scores = {}
     for index, (unit, nodes) in enumerate(units.items(), 1):
         keep = set(nodes)
         only = plan.without(n for n in plan.classes if n not in keep)
-        scores[unit] = relative_error(run_model(quantize_with_plan(fp32, ranges, method, only), holdout), reference)
+        scores[unit] = relative_error(run_model(quantize(only), holdout), reference)
         log(f"sensitivity {index}/{len(units)}: {unit} {scores[unit]:.2e}")
     return scores
 
 
-def fall_back_until(fp32: onnx.ModelProto, ranges: dict, method: CalibrationMethod, plan: QuantPlan,
-                    holdout: np.ndarray, reference: np.ndarray, budget: float, run_model: RunModel,
+def fall_back_until(fp32: onnx.ModelProto, quantize: Quantize, plan: QuantPlan, holdout: np.ndarray,
+                    reference: np.ndarray, budget: float, run_model: RunModel,
                     log: Callable[[str], None] = lambda message: None) -> FallbackResult:
     """The plan with the fewest most-harmful units moved to float whose top-1 agreement is >= ``budget``."""
-    scores = unit_sensitivity(fp32, ranges, method, plan, holdout, reference, run_model, log)
+    scores = unit_sensitivity(quantize, plan, holdout, reference, run_model, log)
     order = sorted(scores, key=scores.get, reverse=True)
     units = plan.units()
     evaluated: dict[int, tuple[float, onnx.ModelProto, np.ndarray]] = {}
@@ -109,7 +113,7 @@ def fall_back_until(fp32: onnx.ModelProto, ranges: dict, method: CalibrationMeth
     def evaluate(k: int) -> float:
         if k not in evaluated:
             trial = plan.without(n for unit in order[:k] for n in units[unit])
-            model = quantize_with_plan(fp32, ranges, method, trial)
+            model = quantize(trial)
             outputs = run_model(model, holdout)
             evaluated[k] = (topk_agreement(outputs, reference, 1), model, outputs)
             log(f"fallback: {k} unit(s) float -> top-1 agreement {evaluated[k][0]:.2%}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -12,15 +13,19 @@ import onnx
 
 from ..drift import drift_metrics
 from ..errors import InputError
+from ..isa import ISA_CHOICES, detect_host, resolve_isa
 from ..preprocess import Preprocessing
 from .cache import CACHE_FILE, CacheKey, Calibration, calibration_cache_key, read_cache, write_cache
-from .data import DEFAULT_CALIB_SIZE, CalibrationData, fixed_batches, load_calibration_data
+from .data import (DEFAULT_CALIB_SIZE, DEFAULT_HOLDOUT, CalibrationData, fixed_batches, holdout_description,
+                   load_calibration_data, resolvable_loss)
 from .equalize import EQUALIZATION, apply_stream_scales, scales_report, stream_scales
-from .fallback import fall_back_until, float_mac_fraction, holdout_resolution_warning, layer_macs
+from .fallback import check_holdout_resolution, fall_back_until, float_mac_fraction, layer_macs
 from .graph import graph_fingerprint, name_nodes_by_module
 from .quantize import quantize_with_plan
 from .ranges import DEFAULT_PERCENTILE, CalibrationMethod, calibration_batch_size, collect_ranges
-from .recipe import get_target, plan_quantization
+from .overflow import reduce_weight_range
+from .recipe import QuantPlan, get_target, isa_report, plan_quantization, weight_range_bits
+from .validation import check_kernels, host_gap_warning, repair_kernel_gap
 from .sigmoid_gelu import GELU_FORMS, apply_sigmoid_gelu
 
 # benchmarks/calibration_methods.py on the CIFAR-10 reference (8,000 test images, 512 train images):
@@ -41,6 +46,8 @@ class Int8Options:
     calib_cache: Path | None = None
     seed: int = 0
     gelu: str = "exact"  # "sigmoid": GELU as u8 lookup tables on --target cpu (calibration/sigmoid_gelu.py)
+    isa: str = "host"  # --target cpu: the integer path the weights are made for (isa.py; "x86": every x86 path)
+    holdout: int | None = None  # hold-out images (default DEFAULT_HOLDOUT of real data; 1/8 of synthetic)
 
     def validate(self, target: str) -> None:
         """Usage errors for an INT8 export to ``target``, raised before any work."""
@@ -53,6 +60,15 @@ class Int8Options:
         if self.gelu == "sigmoid" and "gelu" not in get_target(target).quantized_classes:
             raise InputError(f"--gelu sigmoid applies to --target cpu: on --target {target} GELU's input stays "
                              f"float (TensorRT fuses exact GELU into the pointwise conv)")
+        if self.isa not in ISA_CHOICES:
+            raise InputError(f"--isa {self.isa!r}: use one of {', '.join(ISA_CHOICES)} "
+                             f"(host = this machine's, x86 = every x86 CPU)")
+        if self.isa != "host" and target != "cpu":
+            raise InputError(f"--isa {self.isa} applies to --target cpu (ONNX Runtime's x86 kernels); "
+                             f"--target {target} runs on the GPU's int8 kernels")
+        if self.holdout is not None and self.holdout < 1:
+            raise InputError(f"--holdout {self.holdout}: validate on at least 1 image (default {DEFAULT_HOLDOUT} "
+                             f"where --calib-data has them)")
         if self.max_drift is not None and not 0.0 < self.max_drift <= 1.0:
             raise InputError(f"--max-drift {self.max_drift}: give the minimum top-1 agreement with the eager "
                              f"model on the hold-out, in (0, 1], e.g. 0.99")
@@ -78,9 +94,10 @@ class Int8Result:
     report: dict = field(default_factory=dict)  # manifest extra: calibration, quantized
 
 
-def onnxruntime_runner(batch: int | None) -> Callable[[onnx.ModelProto, np.ndarray], np.ndarray]:
-    """Run a model proto over images with ONNX Runtime (the backend's session options): its first output."""
-    outputs = onnxruntime_outputs(batch)
+def onnxruntime_runner(batch: int | None, kernels: str = "integer") -> Callable[[onnx.ModelProto, np.ndarray], np.ndarray]:
+    """Run a model proto over images with ONNX Runtime (the backend's session options): its first output.
+    ``kernels="simulated"`` turns graph optimizations off: Q/DQ run as written around float ops, no integer kernel."""
+    outputs = onnxruntime_outputs(batch, kernels=kernels)
 
     def run(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
         return np.concatenate([chunk[0] for chunk in outputs(model, [model.graph.output[0].name], images)])
@@ -88,16 +105,21 @@ def onnxruntime_runner(batch: int | None) -> Callable[[onnx.ModelProto, np.ndarr
     return run
 
 
-def onnxruntime_outputs(batch: int | None, default_batch: int = 16):
+def onnxruntime_outputs(batch: int | None, default_batch: int = 16, kernels: str = "integer"):
     """Run a model proto with ONNX Runtime and yield the named outputs batch by batch (static batches padded,
-    the padding dropped)."""
+    the padding dropped); ``kernels`` as in ``onnxruntime_runner``."""
     import onnxruntime
 
     from ..backends.onnxruntime import session_options
 
+    if kernels not in ("integer", "simulated"):
+        raise ValueError(f"kernels {kernels!r}: integer or simulated")
+
     def run(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> Iterator[list[np.ndarray]]:
-        session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
-                                               providers=["CPUExecutionProvider"])
+        options = session_options()
+        if kernels == "simulated":
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         feed = session.get_inputs()[0].name
         size = batch or default_batch
         for start, chunk in zip(range(0, len(images), size), fixed_batches(images, size, pad=batch is not None)):
@@ -161,7 +183,14 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     target = get_target(target_name)
     method = CalibrationMethod(options.calib_method, options.calib_percentile, symmetric=target.activation_symmetric)
     model = name_nodes_by_module(onnx.load(str(fp32_path)))
-    data = load_calibration_data(preprocessing, options.calib_data, options.calib_size, options.seed, log)
+    data = load_calibration_data(preprocessing, options.calib_data, options.calib_size, options.seed, log,
+                                 holdout=options.holdout)
+    resolution = (check_holdout_resolution(options.max_drift, len(data.holdout), data.synthetic)
+                  if options.max_drift is not None else None)
+    if resolution:
+        log(resolution)
+    if not data.synthetic and resolvable_loss(len(data.holdout)) > resolvable_loss(DEFAULT_HOLDOUT):
+        log(f"note: {holdout_description(data)['holdout_note']}")
     key = calibration_cache_key(graph_fingerprint(model), data.provenance, preprocessing.to_dict(),
                                 {**method.to_dict(), "equalization": EQUALIZATION}, versions)
     check = next(fixed_batches(data.holdout, batch or min(len(data.holdout), 8), pad=batch is not None))
@@ -181,24 +210,30 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     if cache_out is not None:
         write_cache(cache_out, key, calibration)
 
+    isa = resolve_isa(options.isa) if target.name == "cpu" else None
+    host = isa.host if isa is not None else detect_host()
+    weight_bits = weight_range_bits(isa)
     plan = plan_quantization(model, target, options.exclude, warn=log)
     if "gelu" in target.quantized_classes and not any(node.op_type == "Gelu" for node in model.graph.node):
         log("warning: this graph has no Gelu op (opsets before 20 decompose it), so pwconv1 keeps a float output "
             "and runs slower; export at --opset 20 for the fast INT8 path")
-    quantized = quantize_with_plan(model, ranges, method, plan)
+
+    def quantize(chosen: QuantPlan) -> onnx.ModelProto:
+        quantized = quantize_with_plan(model, ranges, method, chosen)
+        return reduce_weight_range(quantized, model) if weight_bits == 7 else quantized
+
+    quantized = quantize(plan)
     run = onnxruntime_runner(batch)
+    simulated = onnxruntime_runner(batch, kernels="simulated")
     reference = eager(data.holdout)
     outputs = run(quantized, data.holdout)
     drift = drift_metrics(outputs, reference)
     macs = layer_macs(model)
     fallback = None
-    resolution = holdout_resolution_warning(options.max_drift, len(data.holdout)) if options.max_drift else None
-    if resolution:
-        log(resolution)
     if options.max_drift is not None and drift["top1_agreement"] < options.max_drift:
         log(f"top-1 agreement {drift['top1_agreement']:.2%} on the hold-out misses --max-drift "
             f"{options.max_drift}: measuring per-unit sensitivity")
-        result = fall_back_until(model, ranges, method, plan, data.holdout, reference, options.max_drift, run, log)
+        result = fall_back_until(model, quantize, plan, data.holdout, reference, options.max_drift, run, log)
         plan, quantized = result.plan, result.model
         drift = drift_metrics(result.outputs, reference)
         fallback = {"budget_top1_agreement": options.max_drift, "moved": result.moved,
@@ -208,7 +243,7 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     elif options.max_drift is not None:
         fallback = {"budget_top1_agreement": options.max_drift, "moved": []}
     if fallback is not None:
-        fallback.update({"holdout_images": len(data.holdout), "holdout_warning": resolution})
+        fallback.update({"holdout_images": len(data.holdout), "holdout_note": resolution})
     gelu = {"form": "exact"}
     if options.gelu == "sigmoid":
         log(f"GELU in the sigmoid form; correcting pwconv2 biases on {len(data.images)} calibration images")
@@ -220,15 +255,33 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
             gelu = {"form": "exact", "sigmoid_rejected": {"top1_agreement": candidate_drift["top1_agreement"]}}
         else:
             quantized, drift, gelu = candidate, candidate_drift, report
-    _set_metadata(quantized, {"convnext_export.precision": "int8", "convnext_export.target": target.name})
+
+    kernels = check_kernels(quantized, data.holdout, reference, isa, run, simulated, host.path.saturates, log)
+    repair = None
+    if kernels.costly:
+        quantized, kernels, repair = repair_kernel_gap(quantized, model, kernels, weight_bits, data.holdout, reference,
+                                                       isa, host, batch, run, simulated, log)
+        weight_bits = 7
+    elif kernels.host_costly:
+        log(f"warning: {host_gap_warning(kernels, host, isa)}")
+    drift = kernels.runs["host"].drift
+    _set_metadata(quantized, {"convnext_export.precision": "int8", "convnext_export.target": target.name,
+                              "convnext_export.isa": json.dumps(isa_report(isa, host, weight_bits))})
     onnx.save(quantized, str(out_path))
 
     kind = "synthetic" if data.synthetic else "calibration"
     drift = {"inputs": f"{len(data.holdout)} hold-out {kind} images", "backend": "onnxruntime", **drift}
-    quantized_report = {**plan.report(), "float_mac_fraction": float_mac_fraction(plan, macs), "gelu": gelu}
+    quantized_report = {**plan.report(weight_bits), "float_mac_fraction": float_mac_fraction(plan, macs),
+                        "gelu": gelu}
     if fallback is not None:
         quantized_report["fallback"] = fallback
     calibration_report = {**data.describe(), **method.to_dict(), "cache": cache_message, "cache_key": key.digest,
                           "residual_stream_equalization": scales_report(scales),
                           "notes": list(data.notes)}
-    return Int8Result(out_path, drift, {"calibration": calibration_report, "quantized": quantized_report})
+    holdout_report = holdout_description(data)
+    validation = {**kernels.to_dict(), **holdout_report}
+    if repair is not None:
+        validation["repaired"] = repair
+    report = {"calibration": calibration_report, "quantized": quantized_report,
+              "isa": isa_report(isa, host, weight_bits), "kernel_validation": validation}
+    return Int8Result(out_path, drift, report)

@@ -42,6 +42,27 @@ dedicated Q/DQ pair per consumer and float biases (TensorRT's parser rejects an 
 DequantizeLinear: "only activation types allowed as input to this layer", onnx-tensorrt #850).
 Keeping a conv float takes care: ONNX Runtime quantizes a float conv it finds between a DQ
 and a Q by itself, so ``QuantPlan.without`` also floats what would put a Q after it.
+
+Weights and the CPU's integer path (``isa.py``, ``saturation.py``): x86 CPUs without VNNI (AVX2,
+AVX-512 BW) sum u8 x s8 products in pairs into a saturating int16, and full-range per-channel
+int8 weights overflow it. ``weight_range_bits`` makes the weights 7-bit ([-64, 64] per channel,
+``overflow.reduce_weight_range``) for every artifact made for such a path (``--isa avx2``,
+``avx512bw``, ``x86``, or a host whose path is one of them or unknown): 255 x 128 = 32640 fits
+int16, so no input can saturate, and the kernels are the same u8 x s8 ones, so the speed is too.
+Measured (``benchmarks/int8_isa.py``, ``benchmarks/results/int8_isa.md``; CIFAR-10 reference
+ConvNeXt-atto, 256 calibration images, 8,000 test images, top-1 agreement with eager):
+
+| weights | simulated Q/DQ | VNNI kernels (Zen 4) | AVX2 kernels, emulated | AVX2 kernels under qemu (1,000 images) |
+|---|---|---|---|---|
+| 8-bit (full range) | 98.95% | 99.00% | 92.04% | 93.3% |
+| 7-bit (overflow-safe) | 99.15% | 99.16% | 99.12% | 99.2% |
+| 8-bit pairs limited to sum 128 | 89.02% | 88.95% | | |
+| u8 x u8 (zero point 128) | 98.95% | 99.00% | | 98.9% |
+
+Limiting only the pairs that can overflow changes 2.2% of them but by up to 63 codes each, on
+the large weights that matter most (-10 points). u8 x u8 keeps 8-bit weights exact but runs other,
+slower kernels. On VNNI paths the weights stay 8-bit: the 7-bit weights' cost there is
+within noise on these models, but nothing needs it.
 """
 
 from __future__ import annotations
@@ -54,6 +75,7 @@ import onnx
 from onnx import helper
 
 from ..errors import InputError
+from ..isa import HostIsa, IsaTarget
 from .graph import module_of, nodes_matching, op_class
 
 TARGETS = ("cpu", "tensorrt")
@@ -87,6 +109,21 @@ def get_target(name: str) -> Target:
     if name not in TARGET_RECIPES:
         raise InputError(f"--target {name!r}: use one of {', '.join(TARGETS)}")
     return TARGET_RECIPES[name]
+
+
+def weight_range_bits(isa: IsaTarget | None) -> int:
+    """8-bit weights for paths that accumulate exactly (VNNI, AMX; TensorRT: ``None``), 7-bit wherever a path the
+    artifact is made for may saturate u8 x s8 pairs (see the module doc for the measurements)."""
+    return 7 if isa is not None and isa.saturating else 8
+
+
+def isa_report(isa: IsaTarget | None, host: HostIsa, weight_bits: int) -> dict:
+    """The manifest's ``isa`` entry: what the artifact's integer weights were made and validated for."""
+    if isa is None:
+        return {"made_for": "tensorrt", "runs_on": ["tensorrt"], "weight_bits": weight_bits, "host": host.to_dict(),
+                "note": "TensorRT's int8 kernels accumulate in int32; ONNX Runtime on this host only checks the graph"}
+    runs_on = isa.runs_on if weight_bits == 8 else IsaTarget("x86", host).runs_on
+    return {"made_for": isa.name, "runs_on": list(runs_on), "weight_bits": weight_bits, "host": host.to_dict()}
 
 
 def recipe_class(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]],
@@ -175,7 +212,7 @@ class QuantPlan:
             units.setdefault(fallback_unit(name), []).append(name)
         return units
 
-    def report(self) -> dict:
+    def report(self, weight_bits: int = 8) -> dict:
         """What the manifest lists: per-class counts and names, and what stayed float."""
         by_class: dict[str, list[str]] = {}
         for name, cls in self.classes.items():
@@ -184,7 +221,9 @@ class QuantPlan:
             "target": self.target.name,
             "activations": f"{self.target.activation_type} "
                            f"{'symmetric (zero point 0)' if self.target.activation_symmetric else 'asymmetric'}",
-            "weights": "int8 per-channel symmetric",
+            "weights": "int8 per-channel symmetric" + (", 7-bit range [-64, 64] (overflow-safe)"
+                                                       if weight_bits == 7 else ""),
+            "weight_bits": weight_bits,
             "counts": {cls: len(names) for cls, names in by_class.items()},
             "nodes": by_class,
             "float": {"classes": [c for c in ("layernorm", "gelu") if c not in self.target.quantized_classes],
