@@ -101,9 +101,12 @@ def holdout_description(data: "CalibrationData") -> dict:
         note = (f"{held} hold-out images of synthetic noise: agreement on them is a plumbing check, not an accuracy "
                 f"figure; give --calib-data with real images")
     elif loss > resolvable_loss(DEFAULT_HOLDOUT):
+        requested = data.provenance.get("requested_holdout") or DEFAULT_HOLDOUT
+        why = (f"--calib-data has only {data.provenance.get('count', held)} images"
+               if held < requested else f"--holdout {requested} was asked for")
         note = (f"a hold-out of {held} real images resolves agreement losses of {loss:.1%} or more, not "
-                f"{resolvable_loss(DEFAULT_HOLDOUT):.0%}: --calib-data has {data.provenance.get('count', held)} "
-                f"images; {DEFAULT_HOLDOUT} more than --calib-size would resolve 1%")
+                f"{resolvable_loss(DEFAULT_HOLDOUT):.0%} ({why}; {DEFAULT_HOLDOUT} images beyond --calib-size "
+                f"resolve 1%)")
     else:
         note = f"{held} hold-out real images: resolves agreement losses of {loss:.1%} or more"
     return {"holdout_images": held, "resolves_agreement_loss": loss, "holdout_note": note}
