@@ -28,6 +28,7 @@ import torch
 
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
+from convnext_export.bench.environment import host_line
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.calibration.int8 import Int8Options
 from convnext_export.calibration.ranges import CALIBRATION_METHODS
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--variants", default=None,
                         help="comma list of the variants to run (e.g. fp32,fp16); default: all")
     args = parser.parse_args()
+    print(host_line(), flush=True)
     torch.set_num_threads(args.threads)
 
     reference = load_reference(None, args.checkpoint, None, 0)

@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from convnext_export.backends.onnxruntime import session_options
+from convnext_export.bench.environment import host_line
 from convnext_export.bench.profile import onnxruntime_kernel_events
 from convnext_export.calibration.fallback import layer_macs
 from convnext_export.pipeline import ExportRequest, export_artifact
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
+    print(host_line(), flush=True)
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,6 +28,7 @@ import torch
 
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
+from convnext_export.bench.environment import host_line
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.config import get_config
 from convnext_export.drift import drift_metrics
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    print(host_line(), flush=True)
     plan = TimingPlan(warmup=5, iters=args.iters, block=5, pool=8)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

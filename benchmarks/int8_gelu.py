@@ -25,6 +25,7 @@ import torch
 from calibration_methods import DATA, HERE, test_logits
 from convnext_export.backends.onnxruntime import SPINNING, SPINNING_POLICIES, OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
+from convnext_export.bench.environment import host_line
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.calibration.int8 import Int8Options
 from convnext_export.calibration.sigmoid_gelu import apply_sigmoid_gelu
@@ -118,6 +119,7 @@ def main() -> None:
                         help=f"ONNX Runtime intra-op spinning (default {SPINNING}; 'on' is ONNX Runtime's own default)")
     parser.add_argument("--speed-only", action="store_true", help="skip the accuracy part")
     args = parser.parse_args()
+    print(host_line(), flush=True)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         rows = {} if args.speed_only else accuracy_rows(Path(tmp), args.calib_size, args.limit, args.threads)

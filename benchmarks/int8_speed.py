@@ -37,6 +37,7 @@ import torch
 
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
+from convnext_export.bench.environment import host_line
 from convnext_export.bench.profile import onnxruntime_kernel_events, profile_session
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.calibration.data import synthetic_images
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print an op-type breakdown of our INT8 model")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    print(host_line(), flush=True)
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static's pre-processing advice
     plan = TimingPlan(warmup=5, iters=args.iters, block=5, pool=8)
     torch.set_num_threads(args.threads)

@@ -25,6 +25,7 @@ import torch
 from calibration_methods import DATA, HERE, test_logits
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
+from convnext_export.bench.environment import host_line
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.calibration import recipe
 from convnext_export.calibration.int8 import Int8Options
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=40)
     args = parser.parse_args()
+    print(host_line(), flush=True)
     torch.set_num_threads(args.threads)
     checkpoint = HERE / "reference" / "convnext_atto_cifar10.pth"
     reference = load_reference(None, checkpoint, None, 0)

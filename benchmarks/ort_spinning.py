@@ -20,6 +20,7 @@ import torch
 
 from convnext_export.backends.onnxruntime import SPINNING_POLICIES, OnnxRuntimeBackend
 from convnext_export.backends.torch_eager import TorchBackend
+from convnext_export.bench.environment import host_line
 from convnext_export.bench.timing import TimingPlan, input_pool, measure_alternating, paired_speedup
 from convnext_export.calibration.int8 import Int8Options
 from convnext_export.config import get_config
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    print(host_line(), flush=True)
     torch.set_num_threads(args.threads)
     plan = TimingPlan(warmup=3, iters=args.iters, block=5, pool=8)
     pool = input_pool(1, 224, plan.pool, 0)

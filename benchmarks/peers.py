@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
+from convnext_export.bench.environment import host_line
 from convnext_export.calibration.int8 import Int8Options
 from convnext_export.bench.environment import environment
 from convnext_export.bench.timing import TimingPlan, input_pool, latency_stats, measure_alternating, paired_speedup
@@ -305,6 +306,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    print(host_line(), flush=True)
     if not DATA.is_dir():
         raise SystemExit(f"needs the ImageNet samples at {DATA} (see ../shared/data/README.md)")
     command = "python benchmarks/peers.py " + " ".join(sys.argv[1:])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
+from convnext_export.bench.environment import host_line
 from convnext_export.calibration.int8 import Int8Options
 from convnext_export.pipeline import ExportRequest, export_artifact
 
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    print(host_line(), flush=True)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         artifact = export_artifact(ExportRequest(size="tiny", seed=0, out=Path(tmp) / "int8", precision="int8",
