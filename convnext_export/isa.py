@@ -5,10 +5,13 @@ AMX tiles, AVX-512 VNNI, AVX-VNNI (all accumulate u8 x s8 products exactly in in
 AVX-512 BW and AVX2, which use ``vpmaddubsw``: two products summed into a *saturating* int16
 (``calibration/saturation.py``). The OS's CPU flags say which the host has (``/proc/cpuinfo``
 on Linux; ``py-cpuinfo`` elsewhere when installed); anything else is named as unknown.
+``CONVNEXT_EXPORT_CPU_FLAGS`` (space-separated flags) overrides them: for hosts whose OS reports
+features its kernels cannot use, and for running the tests as on another CPU.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 
@@ -38,6 +41,7 @@ PATHS = {path.name: path for path in (
 # The flags each path needs, in ONNX Runtime's order of preference.
 PATH_FLAGS = (("amx", ("amx_int8", "amx_tile")), ("avx512_vnni", ("avx512_vnni", "avx512bw")),
               ("avx_vnni", ("avx_vnni",)), ("avx512bw", ("avx512bw",)), ("avx2", ("avx2",)))
+FLAGS_VARIABLE = "CONVNEXT_EXPORT_CPU_FLAGS"
 ALL_X86 = "x86"  # made for every x86 path: overflow-safe wherever a path saturates
 ISA_CHOICES = ("host", *(name for name, _ in PATH_FLAGS), ALL_X86)
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
@@ -99,6 +103,11 @@ def detect_host(flags: set[str] | None = None, model: str | None = None) -> Host
     """The host's integer path from the OS's CPU flags (or the given ``flags``, for tests)."""
     architecture = platform.machine()
     source = "given"
+    override = os.environ.get(FLAGS_VARIABLE)
+    if flags is None and override is not None:
+        flags, source = set(override.split()), FLAGS_VARIABLE
+        found = _proc_cpuinfo()
+        model = model or (found[0] if found else None)
     if flags is None:
         found = _proc_cpuinfo()
         source = "/proc/cpuinfo"

@@ -81,3 +81,26 @@ def test_a_baseline_that_is_not_a_bench_report_is_an_input_error(tmp_path, conte
     with pytest.raises(InputError, match=message) as error:
         load_report(path, SCHEMA)
     assert error.value.exit_code == 2 and "--baseline" in str(error.value)
+
+
+def test_gate_reports_but_does_not_gate_across_kernel_families():
+    """A baseline from a VNNI / AVX-512 machine: on an AVX2 machine INT8 and FP32 speedups are reported with the
+    reason, not gated; on a machine of the same kind they are gated."""
+    import copy
+
+    from convnext_export.bench.gate import compare
+
+    def report(flags, int8_speedup, fp32_speedup):
+        rows = [{"model": "atto@64", "precision": precision, "target": target, "backend": "onnxruntime", "batch": 1,
+                 "speedup_vs_eager": {"speedup": speedup, "spread": 0.01}, "latency_ms": {"p50": 1.0}}
+                for precision, target, speedup in (("int8", "cpu", int8_speedup), ("fp32", None, fp32_speedup))]
+        return {"environment": {"cpu": {"flags": flags, "architecture": "x86_64"}}, "rows": rows}
+
+    zen4 = report(["avx2", "avx512f", "avx512bw", "avx512_vnni"], 6.6, 4.2)
+    avx2 = report(["avx2", "fma"], 3.0, 2.5)
+    result = compare(zen4, avx2, 0.2)
+    assert result.passed and not result.regressions
+    assert all("not_gated" in c for c in result.compared)
+    assert any("INT8 rows are reported, not gated" in n and "avx512_vnni" in n and "avx2" in n for n in result.notes)
+    same_kind = compare(zen4, copy.deepcopy(zen4) | {"rows": avx2["rows"]}, 0.2)
+    assert not same_kind.passed and len(same_kind.regressions) == 2

@@ -199,3 +199,10 @@ def test_bench_records_the_integer_path_and_warns_on_another(tmp_path, monkeypat
     assert report["artifacts"][0]["isa"]["made_for"] == "avx512_vnni"
     assert any("made for avx512_vnni" in w and "--isa avx2" in w for w in report["warnings"])
     assert "made for avx512_vnni" in benched.output
+
+
+def test_cpu_flags_override(monkeypatch):
+    monkeypatch.setenv("CONVNEXT_EXPORT_CPU_FLAGS", "avx2 fma")
+    found = detect_host()
+    assert found.path.name == "avx2" and found.source == "CONVNEXT_EXPORT_CPU_FLAGS"
+    assert resolve_isa("host").saturating

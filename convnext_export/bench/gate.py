@@ -104,9 +104,46 @@ class GateResult:
                 "missing_in_baseline": self.missing_in_baseline, "notes": self.notes}
 
 
+def kernel_family(environment: dict) -> tuple[bool, str]:
+    """(AVX-512 float kernels?, int8 integer path) of a report's machine; older reports: from their CPU flags."""
+    from ..isa import integer_path
+
+    flags = set(environment.get("cpu", {}).get("flags", []))
+    recorded = environment.get("integer_path", {}).get("integer_path")
+    architecture = environment.get("cpu", {}).get("architecture", "x86_64")
+    return "avx512f" in flags, recorded or integer_path(flags, architecture).name
+
+
+def ungated_precisions(baseline: dict, current: dict) -> dict[str, str]:
+    """Precision -> why its speedups are not comparable between the two machines' kernel families.
+
+    A speedup vs eager of the same run carries over between CPUs of one kind, not between kernel
+    families: INT8 runs vpdpbusd (VNNI, AMX) or saturating vpmaddubsw pairs (AVX2, AVX-512 BW) at
+    different rates, and FP32 (eager and ONNX Runtime alike) runs AVX-512 or AVX2 FMA kernels.
+    """
+    (old_avx512, old_path), (new_avx512, new_path) = (kernel_family(r.get("environment", {}))
+                                                      for r in (baseline, current))
+    reasons = {}
+    if old_path != new_path:
+        reasons["int8"] = (f"the baseline's int8 kernels are {old_path}, this machine's {new_path}: INT8 speedups differ "
+                           f"between kernel families")
+    if old_avx512 != new_avx512:
+        reason = (f"the baseline's float kernels are {'AVX-512' if old_avx512 else 'AVX2'}, this machine's "
+                  f"{'AVX-512' if new_avx512 else 'AVX2'}")
+        for precision in ("fp32", "fp16"):
+            reasons[precision] = reason
+        reasons.setdefault("int8", reason)
+    return reasons
+
+
 def compare(baseline: dict, current: dict, max_regression: float, absolute: bool = False,
             allow_missing: bool = False) -> GateResult:
     result = GateResult(max_regression, absolute, allow_missing=allow_missing)
+    ungated = ungated_precisions(baseline, current)
+    for precision, reason in ungated.items():
+        if any(row["precision"] == precision for row in current["rows"]):
+            result.notes.append(f"{precision.upper()} rows are reported, not gated: {reason}; record a baseline on "
+                                f"this kind of CPU (convnext-bench ... --json FILE) to gate them here")
     old_rows, new_rows = ({row_key(r): r for r in report["rows"]} for report in (baseline, current))
     for label, report in (("baseline", baseline), ("this run", current)):
         if len({row_key(r) for r in report["rows"]}) != len(report["rows"]):
@@ -133,8 +170,10 @@ def compare(baseline: dict, current: dict, max_regression: float, absolute: bool
             allowed = max_regression + old["speedup_vs_eager"]["spread"] + new["speedup_vs_eager"]["spread"]
             change = after / before - 1
             regressed = change < -allowed
+        gated = key[1] not in ungated
         result.compared.append({"row": key_label(key), "baseline": before, "current": after, "change": change,
-                                "allowed": allowed, "regressed": bool(regressed)})
+                                "allowed": allowed, "regressed": bool(regressed) and gated,
+                                **({} if gated else {"not_gated": ungated[key[1]]})})
         if allowed - max_regression > NOISY_SPREAD:
             result.notes.append(f"{key_label(key)}: measured spread adds {allowed - max_regression:.0%} to the tolerance; "
                                 "regressions smaller than that go unseen: rerun with more --iters on a quieter machine")

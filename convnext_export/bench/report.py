@@ -169,14 +169,15 @@ def print_gate(console: Console, gate: dict, baseline_path: str) -> None:
     failed = [c for c in gate["compared"] if c["regressed"]]
     shown = failed or gate["compared"]
     title = (f"[bold red]latency regressions vs {baseline_path}[/bold red]" if failed else
-             f"latency gate vs {baseline_path}: {len(gate['compared'])} rows within tolerance")
+             f"latency gate vs {baseline_path}: rows within tolerance")
     table = Table(title=title, title_justify="left")
     for name in ("row", f"baseline {unit}", f"this run {unit}", "change", "allowed"):
         table.add_column(name, justify="left" if name == "row" else "right")
     for c in shown:
         sign = "+" if gate["mode"] == "absolute-ms" else "-"
         table.add_row(c["row"], f"{c['baseline']:.3g}", f"{c['current']:.3g}", f"{c['change']:+.1%}",
-                      f"{sign}{c['allowed']:.1%}", style="red" if c["regressed"] else None)
+                      "not gated" if "not_gated" in c else f"{sign}{c['allowed']:.1%}",
+                      style="red" if c["regressed"] else "dim" if "not_gated" in c else None)
     if shown:
         console.print(table)
     for label, rows in (("missing in this run", gate["missing_in_current"]),
@@ -186,6 +187,7 @@ def print_gate(console: Console, gate: dict, baseline_path: str) -> None:
     for note in gate["notes"]:
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
     verdict = "[green]gate passed[/green]" if gate["passed"] else "[bold red]gate failed[/bold red]"
-    console.print(f"{verdict}: {len(failed)} regressed, {len(gate['compared'])} compared "
+    gated = sum("not_gated" not in c for c in gate["compared"])
+    console.print(f"{verdict}: {len(failed)} regressed, {gated} gated of {len(gate['compared'])} compared "
                   f"(mode {gate['mode']}, max regression {gate['max_regression']:.0%} + measured spread), "
                   f"{len(gate['missing_in_current']) + len(gate['missing_in_baseline'])} missing")
