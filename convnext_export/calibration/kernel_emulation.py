@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ConvNeXtExportError
-from .qdq_weights import QuantizedWeight, _attribute, quantized_weights, read_array
+from .qdq_weights import QuantizedWeight, node_attribute, quantized_weights, read_array
 from .saturation import INT16_MAX, INT16_MIN, reduction_order
 
 MAX_PAIR_CHANNELS = 4096  # pair products materialized at once per emulated layer (memory)
@@ -50,12 +50,12 @@ def _emulable(weight: QuantizedWeight, producers: dict[str, onnx.NodeProto], ini
     if source.input[0] in initializers:
         return False
     if weight.op_type == "Gemm":
-        return (not _attribute(weight.node, "transA", 0) and _attribute(weight.node, "alpha", 1.0) == 1.0
-                and _attribute(weight.node, "beta", 1.0) == 1.0)
-    kernel = list(_attribute(weight.node, "kernel_shape", []))
-    strides = list(_attribute(weight.node, "strides", [1, 1]))
-    pads = list(_attribute(weight.node, "pads", [0, 0, 0, 0]))
-    dilations = list(_attribute(weight.node, "dilations", [1, 1]))
+        return (not node_attribute(weight.node, "transA", 0) and node_attribute(weight.node, "alpha", 1.0) == 1.0
+                and node_attribute(weight.node, "beta", 1.0) == 1.0)
+    kernel = list(node_attribute(weight.node, "kernel_shape", []))
+    strides = list(node_attribute(weight.node, "strides", [1, 1]))
+    pads = list(node_attribute(weight.node, "pads", [0, 0, 0, 0]))
+    dilations = list(node_attribute(weight.node, "dilations", [1, 1]))
     return (len(kernel) == 2 and kernel[0] == kernel[1] and strides == kernel and not any(pads)
             and dilations == [1, 1])
 

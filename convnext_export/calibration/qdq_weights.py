@@ -26,7 +26,7 @@ class QuantizedWeight:
         return self.node.name
 
 
-def _attribute(node: onnx.NodeProto, name: str, default):
+def node_attribute(node: onnx.NodeProto, name: str, default):
     for attribute in node.attribute:
         if attribute.name == name:
             return onnx.helper.get_attribute_value(attribute)
@@ -47,9 +47,9 @@ def quantized_weights(model: onnx.ModelProto) -> list[QuantizedWeight]:
         codes = initializers.get(dequantize.input[0])
         if codes is None or codes.data_type != onnx.TensorProto.INT8:
             continue
-        group = _attribute(node, "group", 1)
+        group = node_attribute(node, "group", 1)
         found.append(QuantizedWeight(node, dequantize, dequantize.input[0], dequantize.input[1], node.op_type,
-                                     bool(_attribute(node, "transB", 0)), node.op_type == "Conv" and group > 1))
+                                     bool(node_attribute(node, "transB", 0)), node.op_type == "Conv" and group > 1))
     return found
 
 

@@ -22,7 +22,7 @@ import onnx
 from ..drift import drift_metrics
 from ..isa import PATHS, IsaTarget
 from .kernel_emulation import emulable_layers, emulate_saturating_kernels
-from .qdq_weights import _attribute, read_array
+from .qdq_weights import node_attribute, read_array
 from .saturation import reduction_order, saturation_stats
 
 GAP_TOLERANCE = 0.005  # agreement points a judged run may lose against the simulated graph (rounding) ...
@@ -159,7 +159,7 @@ def layer_saturation(model: onnx.ModelProto, images: np.ndarray, simulated_outpu
         x = np.concatenate(captured[name])
         codes = np.rint(x / scale).astype(np.int32) + offset
         if layer.op_type == "Conv":
-            k = int(_attribute(layer.node, "kernel_shape", [1])[0])
+            k = int(node_attribute(layer.node, "kernel_shape", [1])[0])
             n, c, h, w = codes.shape
             codes = codes.reshape(n, c, h // k, k, w // k, k).transpose(0, 2, 4, 3, 5, 1).reshape(-1, k * k * c)
         if len(codes) > LAYER_SAMPLE_ROWS:
