@@ -17,6 +17,7 @@ from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .calibration.recipe import TARGETS
 from .calibration.sigmoid_gelu import GELU_FORMS
 from .config import size_names
+from .drift import drift_meaning
 from .export import DEFAULT_OPSET, MIN_OPSET
 from .files import write_atomically
 from .isa import ISA_CHOICES
@@ -207,7 +208,10 @@ def engine_rows(artifact) -> list[tuple[str, str]]:
         rows.append(("INT8 fallback", f"quantized convs TensorRT ran in another precision: {fallback}"
                      + (f"; {len(report['int8_unattributed'])} not attributable by name"
                         if report["int8_unattributed"] else "")))
-    rows.append(("engine drift", drift_summary(engine["drift"])))
+    # the engine is checked on seeded noise (tensorrt.engine_step); export_artifact records what that means
+    drift = engine["drift"]
+    meaning = drift.get("meaning") or drift_meaning(artifact.weights.to_dict()["kind"], "synthetic", drift["samples"])
+    rows.append(("engine drift", drift_summary({**drift, "meaning": meaning})))
     return rows
 
 
