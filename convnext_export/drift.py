@@ -37,3 +37,26 @@ def drift_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "kl_mean": float(kl.mean()),
         "samples": int(len(ref64)),
     }
+
+
+PLUMBING = "plumbing-check"
+REAL_IMAGES = "real-images"
+
+
+def drift_meaning(weights: str, inputs: str, images: int) -> dict[str, str | int]:
+    """What a drift / top-1 agreement figure can tell, the one place every printer takes it from.
+
+    ``weights``: the manifest's weights kind ("random" or "checkpoint"); ``inputs``: "synthetic"
+    (seeded noise: no --calib-data at export, no --data at bench) or "real" (images from a dataset).
+    Only a checkpoint on real images says something about the model on its task; random weights or
+    noise only show that the artifact computes what the eager model computes (a plumbing check).
+    """
+    if weights not in ("random", "checkpoint") or inputs not in ("synthetic", "real"):
+        raise ValueError(f"drift_meaning: weights {weights!r} (random|checkpoint), inputs {inputs!r} (synthetic|real)")
+    if weights == "checkpoint" and inputs == "real":
+        kind, text = REAL_IMAGES, f"measured on {images} real images with checkpoint weights"
+    else:
+        what = ("random, untrained weights" if weights == "random" else "checkpoint weights") + " on " + (
+            f"{images} synthetic noise images" if inputs == "synthetic" else f"{images} real images")
+        kind, text = PLUMBING, f"plumbing check, not an accuracy figure ({what})"
+    return {"kind": kind, "weights": weights, "inputs": inputs, "images": images, "text": text}

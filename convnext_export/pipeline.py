@@ -22,7 +22,7 @@ from .calibration.cache import CACHE_FILE
 from .calibration.int8 import Int8Options
 from .calibration.recipe import TARGETS
 from .config import ConvNeXtConfig, get_config, UnknownSizeError
-from .drift import drift_metrics
+from .drift import drift_meaning, drift_metrics
 from .errors import InputError
 from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
 from .fusion import FUSIONS, fuse_model
@@ -276,12 +276,16 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
         onnx_out = OnnxRuntimeBackend(exported.path).run(images)
         drift = drift_metrics(onnx_out, eager)
         check_fp32_drift(drift["relative_max_abs"])
-        drift = {"inputs": f"{len(images)} seeded standard-normal images", "backend": "onnxruntime", **drift}
+        weights_kind = reference.weights.to_dict()["kind"]
+        drift = {"inputs": f"{len(images)} seeded standard-normal images", "backend": "onnxruntime", **drift,
+                 "meaning": drift_meaning(weights_kind, "synthetic", len(images))}
         census, extra = exported.op_census, {}
         if request.precision != "fp32":
             extra["fp32_drift"] = drift
             drift, extra_precision = apply_precision(request, reference, exported.path, staging, out,
                                                      kept_layer_scale, log)
+            real = extra_precision.get("calibration", {}).get("kind", "synthetic") != "synthetic"  # INT8 hold-out
+            drift = {**drift, "meaning": drift_meaning(weights_kind, "real" if real else "synthetic", drift["samples"])}
             extra.update(extra_precision)
             census = op_census(onnx.load(str(staging / "model.onnx"), load_external_data=False))
         model_path = staging / "model.onnx"
@@ -291,6 +295,8 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
             settings = dataclasses.replace(request.engine, tf32=request.precision != "fp32")  # FP32: no TF32 either
             extra["tensorrt"] = build_artifact_engine(staging, reference.preprocessing.image_size, settings, runtime,
                                                       images, eager, log)
+            engine_drift = extra["tensorrt"]["drift"]
+            engine_drift["meaning"] = drift_meaning(weights_kind, "synthetic", engine_drift["samples"])
         artifact = Artifact(
             directory=out, model_file="model.onnx", format="onnx", precision=request.precision,
             config=reference.config, preprocessing=reference.preprocessing, weights=reference.weights,

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from convnext_export.artifact import MANIFEST, read_artifact
 from convnext_export.bench import SCHEMA_PATH
+from convnext_export.bench.report import markdown_report
 from convnext_export.bench.stages import stage_drift
 from convnext_export.cli import bench_command
 from convnext_export.pipeline import rebuild_reference
@@ -70,6 +71,13 @@ def test_bench_prints_table_and_writes_json_markdown_png(bench_run):
     assert {s["backend"] for s in report["skipped"]} >= {"onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"}
     markdown = (out / "bench.md").read_text()
     assert "| variant | backend | batch |" in markdown and "atto@32-10cls int8" in markdown
+    # no --data: the agreement is a plumbing check, said under the table and in each drift cell
+    plumbing = "plumbing check, not an accuracy figure (checkpoint weights on 16 synthetic noise images)"
+    assert f"- drift and top-1 agree of atto@32-10cls: {plumbing}" in markdown
+    assert plumbing in " ".join(result.output.split())
+    drifted = [r for r in report["rows"] if r["drift"]]
+    assert drifted and all(r["drift"]["meaning"]["kind"] == "plumbing-check" for r in drifted)
+    assert all("(plumbing) |" in line for line in markdown.splitlines() if "| onnxruntime |" in line)
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(Path(r["profile"]).is_file() for r in report["rows"])
 
@@ -98,6 +106,17 @@ def test_drift_rows_match_an_independent_recomputation(bench_run, artifacts):
     assert 1e-4 < int8["drift"]["relative_max_abs"] < 0.5
     artifact = next(a for a in report["artifacts"] if a["precision"] == "int8")
     assert [s["shape"] for s in artifact["stage_drift"]] == [[40, 8, 8], [80, 4, 4], [160, 2, 2], [320, 1, 1]]
+
+
+def test_reports_written_before_drift_meaning_still_say_plumbing(bench_run):
+    """A report without the recorded meaning (an older --json) is labeled from its settings and artifacts."""
+    report = json.loads(json.dumps(bench_run["report"]))
+    for row in report["rows"]:
+        if row["drift"]:
+            del row["drift"]["meaning"]
+    _validate(report)
+    assert ("drift and top-1 agree of atto@32-10cls: plumbing check, not an accuracy figure (checkpoint weights on "
+            "16 synthetic noise images)") in markdown_report(report)
 
 
 def test_stage_outputs_are_found_in_the_graph(artifacts):
@@ -147,7 +166,8 @@ def test_gate_on_a_fresh_run_names_the_regressed_int8_row(bench_run, artifacts, 
 
 def test_accuracy_on_real_labeled_images(artifacts, shared_data, tmp_path):
     result = invoke(artifacts["int8"], "--backends", "torch,onnxruntime", "--iters", 2, "--warmup", 1, "--no-cold-start",
-                    "--data", shared_data / "cifar10" / "test", "--limit", 40, "--json", tmp_path / "acc.json")
+                    "--data", shared_data / "cifar10" / "test", "--limit", 40, "--json", tmp_path / "acc.json",
+                    "--markdown", tmp_path / "acc.md")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "acc.json").read_text())
     _validate(report)
@@ -156,6 +176,13 @@ def test_accuracy_on_real_labeled_images(artifacts, shared_data, tmp_path):
     assert eager["accuracy"]["count"] == int8["accuracy"]["count"] == 40
     assert int8["accuracy"]["delta_top1"] == pytest.approx(int8["accuracy"]["top1"] - eager["accuracy"]["top1"])
     assert "40 images from" in int8["drift"]["inputs"]
+    assert int8["drift"]["meaning"]["kind"] == "real-images"
+    markdown = (tmp_path / "acc.md").read_text()
+    assert "- drift and top-1 agree of atto@32-10cls: measured on 40 real images with checkpoint weights" in markdown
+    assert (f"- atto@32-10cls int8/cpu on onnxruntime, batch 1: top-1 {int8['accuracy']['top1']:.1%} vs eager "
+            f"{eager['accuracy']['top1']:.1%} ({int8['accuracy']['delta_top1'] * 100:+.1f} pt) on 40 real labeled "
+            f"images, top-1 agreement with eager {int8['drift']['top1_agreement']:.1%}") in markdown
+    assert "plumbing" not in markdown and "plumbing" not in result.output
 
 
 def test_bad_input_is_a_clear_message_and_exit_2(artifacts, tmp_path):
@@ -188,6 +215,8 @@ def test_installed_console_script_exports_the_default_set(tmp_path):
                            "--work", "work"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "atto@32 fp32" in done.stdout and "speedup" in done.stdout
+    assert ("drift and top-1 agree of atto@32: plumbing check, not an accuracy figure (random, untrained weights on "
+            "16 synthetic noise images)") in " ".join(done.stdout.split())
     report = json.loads((tmp_path / "out.json").read_text())
     _validate(report)
     assert read_artifact(tmp_path / "work" / "convnext_atto-fp32").precision == "fp32"

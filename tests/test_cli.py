@@ -15,6 +15,8 @@ from convnext_export.cli import export_command
 
 from helpers import make_trained_like, relative_drift
 
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "convnext_atto_cifar10.pth"
+
 
 def invoke(*args: str):
     return CliRunner().invoke(export_command, list(args), catch_exceptions=False)
@@ -175,3 +177,38 @@ def test_installed_console_script_runs(tmp_path):
     assert json.loads(done.stdout)["manifest"]["precision"] == "fp32"
     bad = subprocess.run([script, "--size", "huge"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "atto" in bad.stderr
+
+
+def _words(output: str) -> str:
+    """The summary as one line: rich wraps long cells over several lines."""
+    return " ".join(output.split())
+
+
+def test_random_weights_int8_summary_calls_its_drift_a_plumbing_check(tmp_path):
+    """make run's first job (random weights, synthetic calibration): its agreement is not shown as accuracy."""
+    out = tmp_path / "int8"
+    result = invoke("--size", "atto", "--image-size", "32", "--num-classes", "10", "--int8", "--calib-size", "24",
+                    "--out", str(out))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    held = manifest["drift"]["samples"]
+    assert ("drift plumbing check, not an accuracy figure (random, untrained weights on "
+            f"{held} synthetic noise images)") in _words(result.output)
+    assert manifest["drift"]["meaning"] == {
+        "kind": "plumbing-check", "weights": "random", "inputs": "synthetic", "images": held,
+        "text": f"plumbing check, not an accuracy figure (random, untrained weights on {held} synthetic noise images)"}
+    assert manifest["fp32_drift"]["meaning"]["kind"] == "plumbing-check"
+
+
+def test_trained_reference_with_real_calibration_reports_a_measurement(shared_data, tmp_path):
+    """make run's second job, smaller: the committed CIFAR-10 reference calibrated and checked on real images."""
+    out = tmp_path / "reference"
+    result = invoke("--weights", str(REFERENCE), "--int8", "--calib-data", str(shared_data / "cifar10" / "train"),
+                    "--calib-size", "32", "--holdout", "48", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    words = _words(result.output)
+    assert "drift measured on 48 real images with checkpoint weights" in words
+    assert "plumbing" not in words and "not an accuracy figure" not in words
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["drift"]["meaning"]["kind"] == "real-images" and manifest["drift"]["samples"] == 48
+    assert manifest["weights"]["kind"] == "checkpoint" and manifest["calibration"]["kind"] == "dataset"

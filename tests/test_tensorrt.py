@@ -348,12 +348,15 @@ def test_cli_summary_reports_int8_shares_and_fallbacks(tmp_path, sample_layers):
     report = precision_report(sample_layers, ["stem.0/Conv", "stages.0.0.dwconv/Conv", "stages.9.0.pwconv1/Conv"])
     entry = {"engine_file": "model.engine", "engine_bytes": 3_500_000, "built_for": BUILT.to_dict(),
              "build": {"profile": {"min": 1, "opt": 4, "max": 32}, "seconds": 41.2}, "precision": report,
-             "drift": {"relative_max_abs": 0.012, "cosine_min": 0.9991, "top1_agreement": 1.0}}
+             "drift": {"inputs": "4 seeded standard-normal images", "backend": "tensorrt", "relative_max_abs": 0.012,
+                       "cosine_min": 0.9991, "top1_agreement": 1.0, "samples": 4}}
     rows = dict(engine_rows(_artifact(tmp_path, extra={"tensorrt": {**entry}})))
     assert "TensorRT 10.9.0.34 on NVIDIA L4 (compute capability 8.9), batch 1..32 opt 4" in rows["engine"]
     assert rows["engine layers"] == ("6 layers (fp16 2, fp32 1, int8 3); INT8 50% of layers, 60% of conv/matmul "
                                      "layers; 1 opaque Myelin region(s)")
     assert rows["INT8 fallback"] == ("quantized convs TensorRT ran in another precision: stages.0.0.dwconv/Conv "
                                      "(fp16); 1 not attributable by name")
-    assert rows["engine drift"].startswith("1.20e-02 relative max-abs vs eager, cosine 0.999100")
+    assert rows["engine drift"] == ("plumbing check, not an accuracy figure (random, untrained weights on 4 synthetic "
+                                    "noise images): 1.20e-02 relative max-abs vs eager, cosine 0.999100, top-1 "
+                                    "agreement 100.0% on 4 seeded standard-normal images")
     assert engine_rows(_artifact(tmp_path, built_for=None)) == []

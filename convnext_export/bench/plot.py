@@ -4,16 +4,20 @@ One panel per batch size. x: p50 latency (bars: min to p90). y: labeled top-1 ac
 --data had labels; otherwise the relative max-abs drift vs eager (log scale, better is up),
 with the eager reference drawn as a vertical line at its latency. Colour = precision,
 marker = backend, the number beside a point = its speedup vs eager; the dashed step line
-joins the points no other point beats on both axes.
+joins the points no other point beats on both axes. Random weights or noise inputs are named
+in the panel's title as a plumbing check (``drift.drift_meaning``), and the figure is then
+not titled "accuracy".
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
+from ..drift import PLUMBING
 from ..errors import ConvNeXtExportError, InputError
 from ..files import replacing
-from .report import is_reference
+from .report import is_reference, row_drift_meaning
 
 PRECISION_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728", "bf16": "#9467bd"}
 BACKEND_MARKERS = {"torch": "o", "torch-compile": "P", "onnxruntime": "s", "onnxruntime-cuda": "D",
@@ -32,7 +36,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _panel(ax, rows: list[dict], batch: int) -> None:
+def _panel(ax, rows: list[dict], batch: int, plumbing: list[str]) -> None:
     labeled = all(row.get("accuracy") for row in rows)
     eager = [row for row in rows if is_reference(row)]
     points = rows if labeled else [row for row in rows if row["drift"] is not None]
@@ -71,7 +75,8 @@ def _panel(ax, rows: list[dict], batch: int) -> None:
         ax.set_xlim(left=0)
     ax.set_xlabel(f"latency p50 (ms{', log' if wide else ''}), batch {batch}; bars: min to p90")
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"batch {batch}", fontsize=10)
+    notes = [textwrap.fill(text, 70) for text in plumbing]
+    ax.set_title("\n".join([f"batch {batch}"] + notes), fontsize=10, color="0.1" if not notes else "#8c2d04")
     ax.legend(fontsize=8, loc="best")
 
 
@@ -88,11 +93,19 @@ def plot_pareto(report: dict, path: str | Path) -> Path:
         raise ConvNeXtExportError("nothing to plot: the benchmark produced no rows")
     batches = sorted({row["batch"] for row in rows})
     fig, axes = plt.subplots(1, len(batches), figsize=(6.4 * len(batches), 5.0), squeeze=False)
+    meanings = [row_drift_meaning(report, row) for row in rows]
     for ax, batch in zip(axes[0], batches):
-        _panel(ax, [row for row in rows if row["batch"] == batch], batch)
+        panel = [row for row in rows if row["batch"] == batch]
+        plumbing = dict.fromkeys(f"{row['model']}: {meaning['text']}" for row, meaning in zip(rows, meanings)
+                                 if row["batch"] == batch and meaning and meaning["kind"] == PLUMBING)
+        _panel(ax, panel, batch, list(plumbing))
+    labeled = all(row.get("accuracy") for row in rows)
+    plumbing = any(m is not None and m["kind"] == PLUMBING for m in meanings)
+    versus = ("drift vs eager" if not labeled else "labeled top-1 (a plumbing check, see the panel titles)"
+              if plumbing else "accuracy on real images")
     env = report["environment"]
-    fig.suptitle(f"convnext-bench: latency vs accuracy\n{env['cpu']['model']}, {env['threads']} thread(s); "
-                 "number = speedup vs eager", fontsize=11)
+    fig.suptitle(f"convnext-bench: latency vs {versus}\n"
+                 f"{env['cpu']['model']}, {env['threads']} thread(s); number = speedup vs eager", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     try:

@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..drift import PLUMBING, REAL_IMAGES, drift_meaning
+
 
 def _threads(count: int) -> str:
     return f"{count} thread{'s' if count != 1 else ''}"
@@ -29,11 +31,24 @@ def is_reference(row: dict) -> bool:
     return row["backend"] == "torch" and row["artifact"] is None
 
 
-def _drift(row: dict) -> tuple[str, str]:
+def row_drift_meaning(report: dict, row: dict) -> dict | None:
+    """What the row's drift and agreement can tell: as recorded, or decided again for reports from before it was."""
+    drift = row.get("drift")
+    if not drift:
+        return None
+    if drift.get("meaning"):
+        return drift["meaning"]
+    artifact = next((a for a in report["artifacts"] if a["name"] == row["artifact"]), {})
+    return drift_meaning(artifact.get("weights", {}).get("kind", "random"),
+                         "real" if report["settings"].get("data") else "synthetic", drift["samples"])
+
+
+def _drift(report: dict, row: dict) -> tuple[str, str]:
     drift = row.get("drift")
     if not drift:
         return ("ref", "ref") if is_reference(row) else ("n/a", "n/a")
-    return f"{drift['relative_max_abs']:.1e}", f"{drift['top1_agreement']:.0%}"
+    plumbing = row_drift_meaning(report, row)["kind"] == PLUMBING
+    return f"{drift['relative_max_abs']:.1e}", f"{drift['top1_agreement']:.1%}" + (" (plumbing)" if plumbing else "")
 
 
 def _accuracy(row: dict) -> str:
@@ -58,12 +73,34 @@ COLUMNS = ["variant", "backend", "batch", "p50 ms", "p99 ms", "CV", "img/s", "sp
            "drift", "top-1 agree"]
 
 
-def row_cells(row: dict, with_accuracy: bool) -> list[str]:
+def row_cells(report: dict, row: dict, with_accuracy: bool) -> list[str]:
     lat = row["latency_ms"]
-    drift, agreement = _drift(row)
+    drift, agreement = _drift(report, row)
     cells = [_variant(row), row["backend"], str(row["batch"]), _ms(lat["p50"]), _ms(lat["p99"]), f"{lat['cv']:.0%}",
              f"{row['throughput_ips']:.0f}", _speedup(row), *_cold(row), drift, agreement]
     return cells + ([_accuracy(row)] if with_accuracy else [])
+
+
+def drift_lines(report: dict) -> list[str]:
+    """Under the table: what each model's drift and agreement mean, and on real images with a checkpoint, the
+    figures a reader came for (top-1 of eager and of each variant, agreement, speedup)."""
+    lines, seen = [], set()
+    for row in report["rows"]:
+        meaning = row_drift_meaning(report, row)
+        if meaning and row["model"] not in seen:
+            seen.add(row["model"])
+            lines.append(f"drift and top-1 agree of {row['model']}: {meaning['text']}")
+    for row in report["rows"]:
+        meaning, accuracy = row_drift_meaning(report, row), row.get("accuracy")
+        if not meaning or meaning["kind"] != REAL_IMAGES or not accuracy:
+            continue
+        eager = next((r for r in report["rows"] if is_reference(r) and r["model"] == row["model"]
+                      and r.get("accuracy")), None)
+        versus = f" vs eager {eager['accuracy']['top1']:.1%} ({accuracy['delta_top1'] * 100:+.1f} pt)" if eager else ""
+        lines.append(f"{_variant(row)} on {row['backend']}, batch {row['batch']}: top-1 {accuracy['top1']:.1%}{versus} "
+                     f"on {accuracy['count']} real labeled images, top-1 agreement with eager "
+                     f"{row['drift']['top1_agreement']:.1%}, speedup {_speedup(row)} vs eager")
+    return lines
 
 
 def gpu_lines(report: dict) -> list[str]:
@@ -99,8 +136,10 @@ def print_report(console: Console, report: dict) -> None:
     for name in COLUMNS + (["top-1 acc (Δ pt)"] if with_accuracy else []):
         table.add_column(name, justify="left" if name in ("variant", "backend") else "right")
     for row in report["rows"]:
-        table.add_row(*row_cells(row, with_accuracy))
+        table.add_row(*row_cells(report, row, with_accuracy))
     console.print(table)
+    for line in drift_lines(report):
+        console.print(escape(line))
     for line in gpu_lines(report):
         console.print(f"GPU {escape(line)}")
     for artifact in report["artifacts"]:
@@ -134,7 +173,10 @@ def markdown_report(report: dict) -> str:
         "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
     ]
     for row in report["rows"]:
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells(row, with_accuracy)) + " |")
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells(report, row, with_accuracy))
+                     + " |")
+    if drift_lines(report):
+        lines += [""] + [f"- {line}" for line in drift_lines(report)]
     if gpu_lines(report):
         lines += ["", "GPU timing (CUDA events):", ""] + [f"- {line}" for line in gpu_lines(report)]
     for artifact in report["artifacts"]:

@@ -19,7 +19,7 @@ import torch
 from ..artifact import Artifact, read_artifact
 from ..backends.onnxruntime import SPINNING as ORT_SPINNING
 from ..backends.base import Backend, BackendSpec, BackendUnavailable, backend_spec, default_backend_names
-from ..drift import drift_metrics
+from ..drift import drift_meaning, drift_metrics
 from ..errors import ConvNeXtExportError, InputError
 from ..pipeline import drift_inputs, rebuild_reference
 from ..isa import artifact_isa_warning, detect_host
@@ -370,6 +370,8 @@ class Bench:
             images, labels, description, dataset = self.drift_inputs(reference)
             group = [s for s in subjects if s.reference is reference]
             eager = next(s for s in group if s.spec.name == EAGER)
+            meaning = drift_meaning(reference.artifact.weights.to_dict()["kind"],
+                                    "synthetic" if self.request.data is None else "real", len(images))
             for subject in [eager] + [s for s in group if s is not eager]:
                 try:
                     subject.outputs = run_in_batches(subject.runner.run, images,
@@ -381,7 +383,8 @@ class Bench:
                                          f"({brief(error)})")
                     continue
                 if subject is not eager:
-                    subject.drift = {"inputs": description, **drift_metrics(subject.outputs, eager.outputs)}
+                    subject.drift = {"inputs": description, **drift_metrics(subject.outputs, eager.outputs),
+                                     "meaning": meaning}
                 if labels is not None:
                     subject.accuracy = labeled_accuracy(subject.outputs, images, labels, dataset)
             if labels is not None:
