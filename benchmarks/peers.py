@@ -45,10 +45,9 @@ import numpy as np
 import torch
 
 from convnext_export.backends.onnxruntime import OnnxRuntimeBackend
-from convnext_export.bench.environment import host_line
-from convnext_export.calibration.int8 import Int8Options
-from convnext_export.bench.environment import environment
+from convnext_export.bench.environment import environment, host_line
 from convnext_export.bench.timing import TimingPlan, input_pool, latency_stats, measure_alternating, paired_speedup
+from convnext_export.calibration.int8 import Int8Options
 from convnext_export.config import get_config
 from convnext_export.drift import drift_metrics
 from convnext_export.model import build_model
