@@ -8,19 +8,25 @@ interrupted export never leaves a half-written directory behind.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no sweeping of killed exports' staging folders
+    fcntl = None
+
 from .config import ConvNeXtConfig
-from .errors import ConvNeXtExportError, InputError
+from .errors import InputError
 from .preprocess import Preprocessing
 
 SCHEMA = "convnext-export/1"
@@ -175,22 +181,78 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise InputError(f"--out {out}: directory exists and is not empty; pass --force to replace it")
 
 
+def _lock_owner(parent: Path, prefix: str) -> tuple[int, Path]:
+    """A new lock file in ``parent``, held (flock) by this process until it closes it or dies."""
+    while True:
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".lock", dir=parent)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if os.fstat(handle).st_nlink:  # not unlinked by a sweep between mkstemp and flock
+            return handle, Path(name)
+        os.close(handle)
+
+
+def sweep_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging folders of ``out`` that an export killed outright (SIGKILL, power loss) left behind.
+
+    A staging folder ``.NAME.pid<PID>.<random>.partial`` comes with a ``.lock`` file its export holds a
+    flock on for as long as it runs; the kernel releases the lock when that process dies, so a lock this
+    process can take belongs to no live export (in any container sharing the directory), whatever its PID
+    has become since. Folders without a lock file (older versions) are left alone. A previous artifact
+    moved aside (``.old``) just before the kill is put back when ``out`` is missing.
+    """
+    if fcntl is None or not out.parent.is_dir():
+        return []
+    removed = []
+    for lock in sorted(out.parent.glob(f".{glob.escape(out.name)}.pid*.lock")):
+        try:
+            handle = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live export holds it
+            staging, trash = lock.with_suffix(".partial"), lock.with_suffix(".old")
+            if trash.is_dir() and not out.exists():
+                os.replace(trash, out)
+            for leftover in (staging, trash):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                    removed.append(leftover)
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(handle)
+    return removed
+
+
 @contextmanager
-def staged_directory(out: Path, force: bool) -> Iterator[Path]:
+def staged_directory(out: Path, force: bool, log: Callable[[str], None] = lambda message: None) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out`` atomically-enough.
 
-    On any error the temporary directory is removed and ``out`` is left as it was.
+    On any error, Ctrl-C or SIGTERM (see ``interrupts``) the temporary directory is removed and ``out``
+    is left as it was; what a killed export left is swept by the next export to the same ``out``.
     """
     check_output_dir(out, force)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        for stale in sweep_stale_staging(out):
+            log(f"removed {stale}, left by an export to {out} that was killed")
+        prefix = f".{out.name}.pid{os.getpid()}."
+        if fcntl is None:
+            lock_handle, staging = None, Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=out.parent))
+        else:
+            lock_handle, lock = _lock_owner(out.parent, prefix)
+            staging = lock.with_suffix(".partial")
+            staging.mkdir()
     except OSError as error:
-        raise ConvNeXtExportError(f"--out {out}: cannot write there ({error.strerror}); choose a writable directory") from None
+        where = next(p for p in (out.parent, *out.parent.parents) if p.exists())  # what refused the write
+        problem = "is a file, not a directory" if not where.is_dir() else f"cannot be written to ({error.strerror})"
+        raise InputError(f"--out {out}: {where} {problem}; choose an --out directory you can write to") from None
+    trash = staging.with_suffix(".old")
     try:
         yield staging
         if out.exists():
-            trash = staging.with_suffix(".old")
             os.replace(out, trash)
             os.replace(staging, out)
             shutil.rmtree(trash, ignore_errors=True)
@@ -198,4 +260,11 @@ def staged_directory(out: Path, force: bool) -> Iterator[Path]:
             os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if trash.is_dir() and not out.exists():  # interrupted between the two renames: put the old one back
+            os.replace(trash, out)
+        shutil.rmtree(trash, ignore_errors=True)  # interrupted after them: the new artifact is in place
         raise
+    finally:
+        if lock_handle is not None:
+            lock.unlink(missing_ok=True)
+            os.close(lock_handle)

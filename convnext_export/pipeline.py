@@ -250,7 +250,7 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
     started = time.perf_counter()
     reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
     out = request.out or request.default_out(reference.config)
-    with staged_directory(out, request.force) as staging, tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work:
+    with staged_directory(out, request.force, log) as staging, tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work:
         kept_layer_scale: set[str] = set()
         if request.fuse and request.precision == "fp16":
             from .fp16 import blocks_keeping_layer_scale

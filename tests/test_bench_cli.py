@@ -7,9 +7,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -194,3 +197,21 @@ def test_installed_console_script_exports_the_default_set(tmp_path):
     int8_rows = [r for r in report["rows"] if r["precision"] == "int8"]
     int8_skipped = [s for s in report["skipped"] if s["artifact"] == "convnext_atto-int8"]
     assert bool(int8_rows) != bool(int8_skipped)  # INT8 is benchmarked once the exporter makes it, else says why
+
+
+@pytest.mark.parametrize("signum, code, words", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                 (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+def test_a_signal_mid_benchmark_exits_128_plus_signal(signum, code, words, artifacts, tmp_path, monkeypatch):
+    from convnext_export.bench.runner import Bench
+
+    def signalled(self, *args, **kwargs):
+        os.kill(os.getpid(), signum)  # delivered to this (main) thread, as from `timeout` or Ctrl-C
+        time.sleep(5)
+        raise AssertionError("the signal did not interrupt the benchmark")
+
+    monkeypatch.setattr(Bench, "time_batches", signalled)
+    result = CliRunner().invoke(bench_command, [str(artifacts["fp32"]), "--backends", "torch", "--iters", "1",
+                                                "--no-cold-start", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == code, result.output
+    assert f"Aborted: {words}" in result.output and not (tmp_path / "b.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
