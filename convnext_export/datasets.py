@@ -317,8 +317,9 @@ def _open_array(path: Path, preprocessing: Preprocessing, limit: int | None, see
     elif array.ndim == 4 and np.issubdtype(array.dtype, np.floating) and array.shape[1] == 3:
         if array.shape[2:] != (size, size):
             raise InputError(
-                f"{path} holds preprocessed images of shape {tuple(array.shape)}, "
-                f"but the preprocessing expects ({array.shape[0]}, 3, {size}, {size})"
+                f"{path} holds preprocessed images of shape {tuple(array.shape)}, but the model takes {size} px "
+                f"inputs, ({array.shape[0]}, 3, {size}, {size}): preprocess them at {size} px, or give the images "
+                f"raw (uint8 (N,H,W,3) or a folder), which are resized and cropped to {size} px"
             )
     else:
         raise InputError(

@@ -249,6 +249,8 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
         runtime = require_tensorrt("--trt")
     started = time.perf_counter()
     reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
+    if request.precision == "int8":  # --calib-data against the model's input size, known now
+        request.int8.validate(request.target, reference.preprocessing)
     out = request.out or request.default_out(reference.config)
     with staged_directory(out, request.force, log) as staging, tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work:
         kept_layer_scale: set[str] = set()

@@ -215,3 +215,28 @@ def test_a_signal_mid_benchmark_exits_128_plus_signal(signum, code, words, artif
     assert result.exit_code == code, result.output
     assert f"Aborted: {words}" in result.output and not (tmp_path / "b.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
+
+
+def test_data_array_is_checked_against_each_artifacts_size_before_the_timing(artifacts, tmp_path, monkeypatch):
+    from convnext_export.bench.runner import Bench
+
+    def never(self, *args, **kwargs):
+        raise AssertionError("timed before checking --data")
+
+    monkeypatch.setattr(Bench, "time_batches", never)
+    np.save(tmp_path / "x64.npy", np.zeros((8, 3, 64, 64), np.float32))
+    result = invoke(artifacts["fp32"], "--data", tmp_path / "x64.npy", "--backends", "torch", "--no-cold-start")
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert f"--data: {tmp_path / 'x64.npy'} holds preprocessed images of shape (8, 3, 64, 64)" in message
+    assert f"the model takes {IMAGE} px inputs, (8, 3, {IMAGE}, {IMAGE})" in message
+    assert f"(for {artifacts['fp32'].name}, exported at {IMAGE} px)" in message
+
+
+def test_data_array_at_the_artifacts_size_measures_drift(artifacts, tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((6, 3, IMAGE, IMAGE), dtype=np.float32))
+    result = invoke(artifacts["fp32"], "--data", tmp_path / "x.npy", "--backends", "torch,onnxruntime", "--iters", 2,
+                    "--warmup", 0, "--no-cold-start", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert next(r for r in rows if r["backend"] == "onnxruntime")["drift"]["inputs"] == f"6 images from {tmp_path / 'x.npy'}"

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
@@ -286,3 +287,33 @@ with staged_directory(Path(sys.argv[1]), force=False) as staging:
     print(staging, flush=True)
     time.sleep(600)
 """
+
+
+def test_calib_data_array_is_checked_against_the_models_input_size(tmp_path):
+    """A (16,3,64,64) array calibrates a 64 px export; one of another size is refused naming 64, not 224."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x64.npy", rng.standard_normal((16, 3, 64, 64), dtype=np.float32))
+    np.save(tmp_path / "x48.npy", rng.standard_normal((16, 3, 48, 48), dtype=np.float32))
+    wrong = invoke("--size", "atto", "--image-size", "64", "--int8", "--calib-data", str(tmp_path / "x48.npy"),
+                   "--out", str(tmp_path / "wrong"))
+    assert wrong.exit_code == 2 and not (tmp_path / "wrong").exists()
+    message = " ".join(wrong.output.split())
+    assert f"--calib-data: {tmp_path / 'x48.npy'} holds preprocessed images of shape (16, 3, 48, 48)" in message
+    assert "the model takes 64 px inputs, (16, 3, 64, 64): preprocess them at 64 px" in message
+    assert "224" not in message
+    out = tmp_path / "int8"
+    result = invoke("--size", "atto", "--image-size", "64", "--int8", "--calib-data", str(tmp_path / "x64.npy"),
+                    "--calib-size", "16", "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((out / "manifest.json").read_text())["calibration"]
+    assert calibration["form"] == "array" and calibration["calibration_images"] + calibration["holdout_images"] == 16
+
+
+def test_calib_data_follows_the_checkpoints_sidecar_resolution(tmp_path):
+    """The reference checkpoint's reference.json says 64 px: no --image-size, and a 224 px array is the wrong one."""
+    checkpoint = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "convnext_atto_cifar10.pth"
+    np.save(tmp_path / "x224.npy", np.zeros((4, 3, 224, 224), np.float32))
+    result = invoke("--weights", str(checkpoint), "--int8", "--calib-data", str(tmp_path / "x224.npy"),
+                    "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "the model takes 64 px inputs, (4, 3, 64, 64)" in " ".join(result.output.split())

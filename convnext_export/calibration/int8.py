@@ -42,8 +42,9 @@ class Int8Options:
     seed: int = 0
     gelu: str = "exact"  # "sigmoid": GELU as u8 lookup tables on --target cpu (calibration/sigmoid_gelu.py)
 
-    def validate(self, target: str) -> None:
-        """Usage errors for an INT8 export to ``target``, raised before any work."""
+    def validate(self, target: str, preprocessing: Preprocessing | None = None) -> None:
+        """Usage errors for an INT8 export to ``target``, raised before any work; given the model's
+        ``preprocessing``, --calib-data is opened too (its files listed, an array's shape checked)."""
         CalibrationMethod(self.calib_method, self.calib_percentile)
         if self.calib_size < 1:
             raise InputError(f"--calib-size {self.calib_size}: calibrate on at least 1 image "
@@ -63,7 +64,8 @@ class Int8Options:
                 raise InputError(f"--calib-data {self.calib_data} does not exist; give an image folder, "
                                  f"a .npy/.npz array, or omit it to calibrate on synthetic data")
             try:  # lists the files only: a folder without images fails here, before the export
-                open_dataset(self.calib_data, Preprocessing(), limit=self.calib_size, seed=self.seed)
+                if preprocessing is not None:
+                    open_dataset(self.calib_data, preprocessing, limit=self.calib_size, seed=self.seed)
             except InputError as error:
                 raise InputError(f"--calib-data: {error}") from None
         if self.calib_cache is not None and Path(self.calib_cache).is_dir():
@@ -157,7 +159,7 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     reused only when their key matches; the ranges used are written to ``cache_out`` (beside the
     artifact) and to ``options.calib_cache`` when given.
     """
-    options.validate(target_name)
+    options.validate(target_name, preprocessing)
     target = get_target(target_name)
     method = CalibrationMethod(options.calib_method, options.calib_percentile, symmetric=target.activation_symmetric)
     model = name_nodes_by_module(onnx.load(str(fp32_path)))
