@@ -115,10 +115,6 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
     path = Path(path)
     dataset = open_dataset(path, preprocessing, limit=size, seed=seed)
     notes = []
-    if len(dataset) < size:
-        note = f"--calib-size {size} is more than the {len(dataset)} images in {path}: calibrating on all of them"
-        log(note)
-        notes.append(note)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chunks = [batch.images for batch in dataset.batches(64)]
@@ -126,9 +122,23 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
         log(f"warning: {warning.message}")
         notes.append(str(warning.message))
     if not chunks:
-        raise InputError(f"--calib-data {path}: none of its {len(dataset)} files is a readable image")
+        raise InputError(f"--calib-data {path}: none of its {len(dataset)} image files could be decoded "
+                         f"({', '.join(dataset.undecodable[:5])}{', ...' if len(dataset.undecodable) > 5 else ''}); "
+                         f"give a folder of JPEG/PNG images or a .npy/.npz array")
     images = np.concatenate(chunks).astype(np.float32, copy=False)
     calibration, holdout = _split(images, seed)
+    if len(images) < size:
+        bad = dataset.undecodable
+        named = f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}) and {'was' if len(bad) == 1 else 'were'} skipped"
+        if len(dataset) < size:
+            found = f"{path} has only {len(dataset)} image files" + (
+                f", and {len(bad)} of them could not be decoded {named}" if bad else "")
+        else:
+            found = f"{len(bad)} of the {len(dataset)} image files chosen from {path} could not be decoded {named}"
+        note = (f"--calib-size {size}: {found}; using {len(images)}: {len(calibration)} to calibrate, "
+                f"{len(holdout)} held out to validate")
+        log(note)
+        notes.append(note)
     if len(holdout) == 0:
         note = "only one calibration image: the export is validated on that same image"
         log(f"warning: {note}")
