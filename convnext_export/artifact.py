@@ -12,6 +12,7 @@ import glob
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -125,13 +126,19 @@ def read_artifact(directory: str | Path, verify: bool = True) -> Artifact:
         raise InputError(f"{directory}: no {MANIFEST} here; point at a directory written by convnext-export")
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not a readable manifest ({error})") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read the manifest ({error.strerror}); check its permissions, or "
+                         f"{reexport_hint(directory, None)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: the manifest is not valid JSON ({error}), so the artifact is damaged; "
+                         f"{reexport_hint(directory, None)}") from None
     schema = data.get("schema") if isinstance(data, dict) else None
     if not isinstance(schema, str) or not schema.startswith("convnext-export/"):
-        raise InputError(f"{path}: not a convnext-export manifest (schema {schema!r})")
+        raise InputError(f"{path}: not a convnext-export manifest (schema {schema!r}); point at a directory written "
+                         f"by convnext-export, or {reexport_hint(directory, data)}")
     if schema != SCHEMA:
-        raise InputError(f"{path}: manifest schema {schema!r} is not {SCHEMA!r}; upgrade convnext-export or re-export")
+        raise InputError(f"{path}: manifest schema {schema!r} is not {SCHEMA!r}; upgrade convnext-export or "
+                         f"{reexport_hint(directory, data)}")
     try:
         artifact = Artifact(
             directory=directory,
@@ -152,17 +159,39 @@ def read_artifact(directory: str | Path, verify: bool = True) -> Artifact:
             created=data.get("created", ""),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"{path}: manifest is incomplete or malformed ({error!r})") from None
+        problem = f"it lacks the key {error.args[0]!r}" if isinstance(error, KeyError) else f"{error}"
+        raise InputError(f"{path}: the manifest is incomplete or malformed ({problem}); "
+                         f"{reexport_hint(directory, data)}") from None
     if verify:
         if not artifact.model_path.is_file():
-            raise InputError(f"{artifact.model_path}: model file named in the manifest is missing")
+            raise InputError(f"{artifact.model_path}: the model file named in the manifest is missing; "
+                             f"{reexport_hint(directory, data)}")
         actual = file_sha256(artifact.model_path)
         if actual != artifact.model_sha256:
             raise InputError(
                 f"{artifact.model_path}: sha256 {actual[:12]}... does not match the manifest's "
-                f"{artifact.model_sha256[:12]}...; the file changed after export, re-export it"
+                f"{artifact.model_sha256[:12]}...; the file changed after export: {reexport_hint(directory, data)}"
             )
     return artifact
+
+
+def reexport_hint(directory: Path, data: object) -> str:
+    """'re-export it with convnext-export ...': as much of the original command as a (damaged) manifest still says."""
+    data = data if isinstance(data, dict) else {}
+    section = lambda key: data.get(key) if isinstance(data.get(key), dict) else {}  # noqa: E731
+    args = ["convnext-export"]
+    if section("weights").get("path"):
+        args += ["--weights", str(section("weights")["path"])]
+    else:
+        args += ["--size", str(section("config").get("name") or "SIZE")]
+    if section("preprocessing").get("image_size"):
+        args += ["--image-size", str(section("preprocessing")["image_size"])]
+    if data.get("precision") in ("fp16", "int8"):
+        args.append(f"--{data['precision']}")
+    args += ["--out", str(directory), "--force"]
+    unknown = "SIZE" in args
+    return (f"re-export it: {shlex.join(args)} (" + ("SIZE or --weights FILE as it was made from, " if unknown else "")
+            + "plus any other options it was made with)")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -240,3 +240,27 @@ def test_data_array_at_the_artifacts_size_measures_drift(artifacts, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert next(r for r in rows if r["backend"] == "onnxruntime")["drift"]["inputs"] == f"6 images from {tmp_path / 'x.npy'}"
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda manifest: "{\"schema\": \"convnext-export/1\", \"model_file\": ",
+     ["the manifest is not valid JSON (Expecting value", "so the artifact is damaged; re-export it: convnext-export "
+      "--size SIZE --out {dir} --force (SIZE or --weights FILE as it was made from"]),
+    (lambda manifest: json.dumps({k: v for k, v in manifest.items() if k != "config"}),
+     ["the manifest is incomplete or malformed (it lacks the key 'config'); re-export it: convnext-export --weights "
+      "{weights} --image-size 32 --out {dir} --force (plus any other options it was made with)"]),
+    (lambda manifest: json.dumps({**manifest, "preprocessing": {**manifest["preprocessing"], "interpolation": "foo"}}),
+     ["the manifest is incomplete or malformed (unknown interpolation 'foo'", "re-export it: convnext-export"]),
+])
+def test_a_damaged_manifest_says_how_to_re_export(damage, words, artifacts, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(artifacts["fp32"], damaged)
+    manifest = json.loads((damaged / MANIFEST).read_text())
+    (damaged / MANIFEST).write_text(damage(manifest))
+    result = invoke(damaged, "--backends", "torch", "--no-cold-start", "--iters", 1)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert message.startswith(f"Error: {damaged / MANIFEST}: ")
+    for word in words:
+        assert word.format(dir=damaged, weights=manifest["weights"]["path"]) in message, message
+    assert "Traceback" not in result.output

@@ -317,3 +317,33 @@ def test_calib_data_follows_the_checkpoints_sidecar_resolution(tmp_path):
                     "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
     assert "the model takes 64 px inputs, (4, 3, 64, 64)" in " ".join(result.output.split())
+
+
+REFERENCE_CHECKPOINT = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "convnext_atto_cifar10.pth"
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("notes.pth", b"hello world, not a checkpoint\n",
+     ["is not a PyTorch checkpoint: it is a text file (it starts with 'hello world, not a checkpoint')",
+      "--weights takes a checkpoint written by torch.save (.pth, .pt, .bin, .pth.tar, .ckpt) or a .safetensors file"]),
+    ("model.pth", b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1747\n",
+     ["is not a PyTorch checkpoint: it is a Git LFS pointer, not the weights (run git lfs pull"]),
+    ("model.safetensors", b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+     ["is not a safetensors checkpoint: it is an HTML page (a failed or redirected download?)"]),
+    ("corrupt.safetensors", bytes(range(256)) * 8,
+     ["cannot read", "as a safetensors file (", "it is truncated or damaged; download it again, or re-save the "
+      "weights with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"]),
+    ("truncated.pth", REFERENCE_CHECKPOINT.read_bytes()[:5000],
+     ["cannot read", "as a PyTorch checkpoint (", "it is truncated, damaged or not written by torch.save; download "
+      "it again, or re-save the weights with torch.save(model.state_dict(), 'weights.pth')"]),
+])
+def test_a_file_that_is_not_a_usable_checkpoint_says_what_it_is_and_what_works(name, content, words, tmp_path):
+    checkpoint = tmp_path / name
+    checkpoint.write_bytes(content)
+    result = CliRunner().invoke(export_command, ["--weights", str(checkpoint), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert message.startswith(f"Error: {checkpoint} is not") or message.startswith(f"Error: cannot read {checkpoint}")
+    for word in words:
+        assert word in message, message
+    assert "KeyError" not in message and "Traceback" not in result.output and not (tmp_path / "o").exists()
