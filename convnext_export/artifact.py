@@ -220,7 +220,7 @@ def _lock_owner(parent: Path, prefix: str) -> tuple[int, Path]:
         os.close(handle)
 
 
-def sweep_stale_staging(out: Path) -> list[Path]:
+def sweep_stale_staging(out: Path, log: Callable[[str], None] = lambda message: None) -> list[Path]:
     """Remove the staging folders of ``out`` that an export killed outright (SIGKILL, power loss) left behind.
 
     A staging folder ``.NAME.pid<PID>.<random>.partial`` comes with a ``.lock`` file its export holds a
@@ -238,18 +238,20 @@ def sweep_stale_staging(out: Path) -> list[Path]:
         except OSError:
             continue
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live export holds it
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live export holds it
             staging, trash = lock.with_suffix(".partial"), lock.with_suffix(".old")
             if trash.is_dir() and not out.exists():
                 os.replace(trash, out)
+                log(f"restored {out} from {trash.name}: an export replacing it was killed mid-rename")
             for leftover in (staging, trash):
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)
-                    removed.append(leftover)
+                    if not leftover.exists():
+                        removed.append(leftover)
+                        log(f"removed {leftover}, left by an export to {out} that was killed")
             lock.unlink(missing_ok=True)
+        except OSError:
+            continue  # held by a live export, or in a directory this process cannot change
         finally:
             os.close(handle)
     return removed
@@ -262,11 +264,10 @@ def staged_directory(out: Path, force: bool, log: Callable[[str], None] = lambda
     On any error, Ctrl-C or SIGTERM (see ``interrupts``) the temporary directory is removed and ``out``
     is left as it was; what a killed export left is swept by the next export to the same ``out``.
     """
+    sweep_stale_staging(out, log)  # first: it may put back the ``out`` a killed export had moved aside
     check_output_dir(out, force)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in sweep_stale_staging(out):
-            log(f"removed {stale}, left by an export to {out} that was killed")
         prefix = f".{out.name}.pid{os.getpid()}."
         if fcntl is None:
             lock_handle, staging = None, Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=out.parent))

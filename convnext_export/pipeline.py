@@ -255,7 +255,8 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
     check_export_memory(reference.config, reference.preprocessing.image_size, request.precision, request.batch,
                         request.int8.calib_size if request.precision == "int8" else 0, log)
     out = request.out or request.default_out(reference.config)
-    with staged_directory(out, request.force, log) as staging, tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work:
+    with (staged_directory(out, request.force, log) as staging,
+          tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work):
         kept_layer_scale: set[str] = set()
         if request.fuse and request.precision == "fp16":
             from .fp16 import blocks_keeping_layer_scale

@@ -239,7 +239,8 @@ def test_data_array_at_the_artifacts_size_measures_drift(artifacts, tmp_path):
                     "--warmup", 0, "--no-cold-start", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert next(r for r in rows if r["backend"] == "onnxruntime")["drift"]["inputs"] == f"6 images from {tmp_path / 'x.npy'}"
+    onnxruntime = next(r for r in rows if r["backend"] == "onnxruntime")
+    assert onnxruntime["drift"]["inputs"] == f"6 images from {tmp_path / 'x.npy'}"
 
 
 @pytest.mark.parametrize("damage, words", [

@@ -249,7 +249,8 @@ def test_signal_mid_export_removes_the_staging_folder_and_exits_128_plus_signal(
 
 def test_a_killed_exports_staging_folder_is_swept_by_the_next_export(tmp_path):
     """SIGKILL cannot be cleaned up after: the next export to the same --out removes what it left."""
-    owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, str(tmp_path / "k")], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen([sys.executable, "-c", STAGING_OWNER, str(tmp_path / "k")], stdout=subprocess.PIPE,
+                             text=True)
     staging = Path(owner.stdout.readline().strip())
     assert staging.is_dir() and staging.name.startswith(".k.pid")
     owner.kill()
@@ -265,7 +266,8 @@ def test_a_live_exports_staging_folder_is_left_alone(tmp_path):
     """Another export still running into the same --out keeps its folder, whatever PID it has."""
     from convnext_export.artifact import staged_directory, sweep_stale_staging
 
-    owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, str(tmp_path / "k")], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen([sys.executable, "-c", STAGING_OWNER, str(tmp_path / "k")], stdout=subprocess.PIPE,
+                             text=True)
     try:
         staging = Path(owner.stdout.readline().strip())
         assert sweep_stale_staging(tmp_path / "k") == [] and staging.is_dir()
@@ -278,7 +280,24 @@ def test_a_live_exports_staging_folder_is_left_alone(tmp_path):
     assert sweep_stale_staging(tmp_path / "k") == [staging] and not staging.exists()
 
 
-KILLED_OWNER = """
+def test_an_artifact_moved_aside_by_a_killed_export_is_put_back(tmp_path):
+    """Killed between moving the old artifact aside and renaming the new one in: the old one returns."""
+    from convnext_export.artifact import sweep_stale_staging
+
+    lock, trash, staging = (tmp_path / f".k.pid999999.abcdefgh.{end}" for end in ("lock", "old", "partial"))
+    lock.write_text("")  # nobody holds it: its process is gone
+    trash.mkdir()
+    (trash / "model.onnx").write_text("previous")
+    staging.mkdir()
+    logged = []
+    assert sweep_stale_staging(tmp_path / "k", logged.append) == [staging]
+    assert (tmp_path / "k" / "model.onnx").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
+    assert logged[0] == f"restored {tmp_path / 'k'} from .k.pid999999.abcdefgh.old: an export replacing it was " \
+                        "killed mid-rename"
+
+
+STAGING_OWNER = """  # a process that stages an export into argv[1] and waits
 import sys, time
 from pathlib import Path
 from convnext_export.artifact import staged_directory

@@ -129,7 +129,8 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
     calibration, holdout = _split(images, seed)
     if len(images) < size:
         bad = dataset.undecodable
-        named = f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}) and {'was' if len(bad) == 1 else 'were'} skipped"
+        named = (f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}) and "
+                 f"{'was' if len(bad) == 1 else 'were'} skipped")
         if len(dataset) < size:
             found = f"{path} has only {len(dataset)} image files" + (
                 f", and {len(bad)} of them could not be decoded {named}" if bad else "")

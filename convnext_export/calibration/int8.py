@@ -63,11 +63,11 @@ class Int8Options:
             if not Path(self.calib_data).exists():
                 raise InputError(f"--calib-data {self.calib_data} does not exist; give an image folder, "
                                  f"a .npy/.npz array, or omit it to calibrate on synthetic data")
-            try:  # lists the files only: a folder without images fails here, before the export
-                if preprocessing is not None:
+            if preprocessing is not None:
+                try:  # lists the files only: a folder without images fails here, before the export
                     open_dataset(self.calib_data, preprocessing, limit=self.calib_size, seed=self.seed)
-            except InputError as error:
-                raise InputError(f"--calib-data: {error}") from None
+                except InputError as error:
+                    raise InputError(f"--calib-data: {error}") from None
         if self.calib_cache is not None and Path(self.calib_cache).is_dir():
             raise InputError(f"--calib-cache {self.calib_cache} is a directory; give a file "
                              f"(e.g. {Path(self.calib_cache) / CACHE_FILE})")
