@@ -218,7 +218,8 @@ def test_calibration_data_subset_holdout_and_more_than_available(tmp_path):
     notes = []
     data = load_calibration_data(PRE, folder, size=100, seed=0, log=notes.append)
     assert len(data.images) + len(data.holdout) == 20 and len(data.holdout) == holdout_count(20) == 4
-    assert any("more than the 20 images" in n for n in notes)
+    assert f"--calib-size 100: {folder} has only 20 image files; using 20: 16 to calibrate, 4 held out to validate" \
+        in notes
     assert data.provenance["kind"] == "dataset" and len(data.provenance["files"]) == 20
     again = load_calibration_data(PRE, folder, size=12, seed=0)
     assert len(again.images) + len(again.holdout) == 12
