@@ -8,19 +8,26 @@ interrupted export never leaves a half-written directory behind.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no sweeping of killed exports' staging folders
+    fcntl = None
+
 from .config import ConvNeXtConfig
-from .errors import ConvNeXtExportError, InputError
+from .errors import InputError
 from .preprocess import Preprocessing
 
 SCHEMA = "convnext-export/1"
@@ -119,13 +126,19 @@ def read_artifact(directory: str | Path, verify: bool = True) -> Artifact:
         raise InputError(f"{directory}: no {MANIFEST} here; point at a directory written by convnext-export")
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not a readable manifest ({error})") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read the manifest ({error.strerror}); check its permissions, or "
+                         f"{reexport_hint(directory, None)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: the manifest is not valid JSON ({error}), so the artifact is damaged; "
+                         f"{reexport_hint(directory, None)}") from None
     schema = data.get("schema") if isinstance(data, dict) else None
     if not isinstance(schema, str) or not schema.startswith("convnext-export/"):
-        raise InputError(f"{path}: not a convnext-export manifest (schema {schema!r})")
+        raise InputError(f"{path}: not a convnext-export manifest (schema {schema!r}); point at a directory written "
+                         f"by convnext-export, or {reexport_hint(directory, data)}")
     if schema != SCHEMA:
-        raise InputError(f"{path}: manifest schema {schema!r} is not {SCHEMA!r}; upgrade convnext-export or re-export")
+        raise InputError(f"{path}: manifest schema {schema!r} is not {SCHEMA!r}; upgrade convnext-export or "
+                         f"{reexport_hint(directory, data)}")
     try:
         artifact = Artifact(
             directory=directory,
@@ -146,17 +159,39 @@ def read_artifact(directory: str | Path, verify: bool = True) -> Artifact:
             created=data.get("created", ""),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"{path}: manifest is incomplete or malformed ({error!r})") from None
+        problem = f"it lacks the key {error.args[0]!r}" if isinstance(error, KeyError) else f"{error}"
+        raise InputError(f"{path}: the manifest is incomplete or malformed ({problem}); "
+                         f"{reexport_hint(directory, data)}") from None
     if verify:
         if not artifact.model_path.is_file():
-            raise InputError(f"{artifact.model_path}: model file named in the manifest is missing")
+            raise InputError(f"{artifact.model_path}: the model file named in the manifest is missing; "
+                             f"{reexport_hint(directory, data)}")
         actual = file_sha256(artifact.model_path)
         if actual != artifact.model_sha256:
             raise InputError(
                 f"{artifact.model_path}: sha256 {actual[:12]}... does not match the manifest's "
-                f"{artifact.model_sha256[:12]}...; the file changed after export, re-export it"
+                f"{artifact.model_sha256[:12]}...; the file changed after export: {reexport_hint(directory, data)}"
             )
     return artifact
+
+
+def reexport_hint(directory: Path, data: object) -> str:
+    """'re-export it with convnext-export ...': as much of the original command as a (damaged) manifest still says."""
+    data = data if isinstance(data, dict) else {}
+    section = lambda key: data.get(key) if isinstance(data.get(key), dict) else {}  # noqa: E731
+    args = ["convnext-export"]
+    if section("weights").get("path"):
+        args += ["--weights", str(section("weights")["path"])]
+    else:
+        args += ["--size", str(section("config").get("name") or "SIZE")]
+    if section("preprocessing").get("image_size"):
+        args += ["--image-size", str(section("preprocessing")["image_size"])]
+    if data.get("precision") in ("fp16", "int8"):
+        args.append(f"--{data['precision']}")
+    args += ["--out", str(directory), "--force"]
+    unknown = "SIZE" in args
+    return (f"re-export it: {shlex.join(args)} (" + ("SIZE or --weights FILE as it was made from, " if unknown else "")
+            + "plus any other options it was made with)")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -175,22 +210,79 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise InputError(f"--out {out}: directory exists and is not empty; pass --force to replace it")
 
 
+def _lock_owner(parent: Path, prefix: str) -> tuple[int, Path]:
+    """A new lock file in ``parent``, held (flock) by this process until it closes it or dies."""
+    while True:
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".lock", dir=parent)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if os.fstat(handle).st_nlink:  # not unlinked by a sweep between mkstemp and flock
+            return handle, Path(name)
+        os.close(handle)
+
+
+def sweep_stale_staging(out: Path, log: Callable[[str], None] = lambda message: None) -> list[Path]:
+    """Remove the staging folders of ``out`` that an export killed outright (SIGKILL, power loss) left behind.
+
+    A staging folder ``.NAME.pid<PID>.<random>.partial`` comes with a ``.lock`` file its export holds a
+    flock on for as long as it runs; the kernel releases the lock when that process dies, so a lock this
+    process can take belongs to no live export (in any container sharing the directory), whatever its PID
+    has become since. Folders without a lock file (older versions) are left alone. A previous artifact
+    moved aside (``.old``) just before the kill is put back when ``out`` is missing.
+    """
+    if fcntl is None or not out.parent.is_dir():
+        return []
+    removed = []
+    for lock in sorted(out.parent.glob(f".{glob.escape(out.name)}.pid*.lock")):
+        try:
+            handle = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live export holds it
+            staging, trash = lock.with_suffix(".partial"), lock.with_suffix(".old")
+            if trash.is_dir() and not out.exists():
+                os.replace(trash, out)
+                log(f"restored {out} from {trash.name}: an export replacing it was killed mid-rename")
+            for leftover in (staging, trash):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                    if not leftover.exists():
+                        removed.append(leftover)
+                        log(f"removed {leftover}, left by an export to {out} that was killed")
+            lock.unlink(missing_ok=True)
+        except OSError:
+            continue  # held by a live export, or in a directory this process cannot change
+        finally:
+            os.close(handle)
+    return removed
+
+
 @contextmanager
-def staged_directory(out: Path, force: bool) -> Iterator[Path]:
+def staged_directory(out: Path, force: bool, log: Callable[[str], None] = lambda message: None) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out`` atomically-enough.
 
-    On any error the temporary directory is removed and ``out`` is left as it was.
+    On any error, Ctrl-C or SIGTERM (see ``interrupts``) the temporary directory is removed and ``out``
+    is left as it was; what a killed export left is swept by the next export to the same ``out``.
     """
+    sweep_stale_staging(out, log)  # first: it may put back the ``out`` a killed export had moved aside
     check_output_dir(out, force)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        prefix = f".{out.name}.pid{os.getpid()}."
+        if fcntl is None:
+            lock_handle, staging = None, Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=out.parent))
+        else:
+            lock_handle, lock = _lock_owner(out.parent, prefix)
+            staging = lock.with_suffix(".partial")
+            staging.mkdir()
     except OSError as error:
-        raise ConvNeXtExportError(f"--out {out}: cannot write there ({error.strerror}); choose a writable directory") from None
+        where = next(p for p in (out.parent, *out.parent.parents) if p.exists())  # what refused the write
+        problem = "is a file, not a directory" if not where.is_dir() else f"cannot be written to ({error.strerror})"
+        raise InputError(f"--out {out}: {where} {problem}; choose an --out directory you can write to") from None
+    trash = staging.with_suffix(".old")
     try:
         yield staging
         if out.exists():
-            trash = staging.with_suffix(".old")
             os.replace(out, trash)
             os.replace(staging, out)
             shutil.rmtree(trash, ignore_errors=True)
@@ -198,4 +290,11 @@ def staged_directory(out: Path, force: bool) -> Iterator[Path]:
             os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if trash.is_dir() and not out.exists():  # interrupted between the two renames: put the old one back
+            os.replace(trash, out)
+        shutil.rmtree(trash, ignore_errors=True)  # interrupted after them: the new artifact is in place
         raise
+    finally:
+        if lock_handle is not None:
+            lock.unlink(missing_ok=True)
+            os.close(lock_handle)

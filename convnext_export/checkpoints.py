@@ -28,6 +28,9 @@ LAYOUTS = ("official", "timm", "torchvision", "huggingface")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pth.tar", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 
+ACCEPTED_CHECKPOINTS = ("--weights takes a checkpoint written by torch.save (.pth, .pt, .bin, .pth.tar, .ckpt) or "
+                        "a .safetensors file, in the official, timm, torchvision or Hugging Face layout")
+
 # Entries that hold the weights inside a training checkpoint, most preferred first. The plain
 # model weights win over the EMA copy when both are present: they are what the training run
 # evaluated and reported by default; a file holding only an EMA copy still loads.
@@ -140,11 +143,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"(e.g. model.safetensors or pytorch_model.bin)"
         )
     name = path.name.lower()
+    if name.endswith(PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,)):
+        impostor = _recognised_non_checkpoint(path)
+        if impostor is not None:
+            kind = "safetensors" if name.endswith(SAFETENSORS_SUFFIX) else "PyTorch"
+            raise InputError(f"{path} is not a {kind} checkpoint: it is {impostor}; {ACCEPTED_CHECKPOINTS}")
     if name.endswith(SAFETENSORS_SUFFIX):
         try:
             loaded: object = safetensors.torch.load_file(path, device="cpu")
         except Exception as error:
-            raise InputError(f"cannot read {path} as a safetensors file: {_first_line(error)}") from None
+            raise InputError(
+                f"cannot read {path} as a safetensors file ({_first_line(error)}): it is truncated or damaged; "
+                f"download it again, or re-save the weights with "
+                f"safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+            ) from None
     elif name.endswith(PICKLE_SUFFIXES):
         loaded = _torch_load(path)
     else:
@@ -218,9 +230,32 @@ def _torch_load(path: Path) -> object:
         # keep only its diagnosis.
         detail = str(error).partition("WeightsUnpickler error:")[2].strip() or _first_line(error)
         raise InputError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(error).__name__}: {_first_line(detail)}); "
-            f"expected a file written by torch.save (is it truncated?) or a .safetensors file"
+            f"cannot read {path} as a PyTorch checkpoint ({type(error).__name__}: {_first_line(detail)}): it is "
+            f"truncated, damaged or not written by torch.save; download it again, or re-save the weights with "
+            f"torch.save(model.state_dict(), 'weights.pth')"
         ) from None
+
+
+def _recognised_non_checkpoint(path: Path) -> str | None:
+    """What a would-be checkpoint plainly is instead (empty, a Git LFS pointer, an HTML page, text), else None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights (run git lfs pull, or download the file itself)"
+    if head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a failed or redirected download?)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # binary: let the reader say what is wrong with it
+    if all(char.isprintable() or char.isspace() for char in text):
+        return f"a text file (it starts with {text.strip()[:40]!r})"
+    return None
 
 
 def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:

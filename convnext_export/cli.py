@@ -21,8 +21,8 @@ from .drift import drift_meaning
 from .export import DEFAULT_OPSET, MIN_OPSET
 from .files import write_atomically
 from .isa import ISA_CHOICES
-from .options import (CommandError, float_triple, json_option, quiet_option, reports_errors, seed_option,
-                      threads_option, write_json)
+from .options import (EXIT_CODES_EPILOG, CommandError, float_triple, json_option, quiet_option, reports_errors,
+                      seed_option, threads_option, write_json)
 from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
 from .preprocess import INTERPOLATIONS
 from .tensorrt.build import EngineBuildSettings, parse_workspace
@@ -34,7 +34,7 @@ def _console(quiet: bool, json_path: str | None) -> Console:
     return Console(stderr=json_path == "-", quiet=quiet, highlight=False, log_path=False)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_EPILOG)
 @click.option("--size", type=click.Choice(size_names()), default=None,
               help="Model size (default tiny; inferred from --weights when given).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -323,7 +323,7 @@ def _default_backends() -> str:
     return ",".join(default_backend_names())
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_EPILOG)
 @click.argument("artifact_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--size", type=click.Choice(size_names()), default=None,
               help="Size of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given "

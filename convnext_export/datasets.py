@@ -56,12 +56,19 @@ class ImageDataset(ABC):
         self.kind = kind
         self.classes = classes
         self.labels = labels  # int64 labels of the selected samples, in iteration order
-        self._skipped: dict[str, None] = {}  # an ordered set of names, so re-iterating counts each once
+        # ordered sets of names, so re-iterating counts each once
+        self._not_images: dict[str, None] = {}  # files without an image extension, left out when listed
+        self._undecodable: dict[str, None] = {}  # image files found corrupt or unreadable when decoded
 
     @property
     def skipped(self) -> int:
         """Corrupt or non-image files left out so far."""
-        return len(self._skipped)
+        return len(self._not_images) + len(self._undecodable)
+
+    @property
+    def undecodable(self) -> list[str]:
+        """Names of the selected image files that could not be decoded (so far)."""
+        return list(self._undecodable)
 
     @property
     def labeled(self) -> bool:
@@ -77,14 +84,12 @@ class ImageDataset(ABC):
     def files(self) -> list[Path]: ...
 
     def _warn_skipped(self) -> None:
-        if self._skipped:
-            names = list(self._skipped)
-            shown = ", ".join(names[:_NAMES_SHOWN]) + (", ..." if len(names) > _NAMES_SHOWN else "")
-            warnings.warn(
-                f"{self.path}: skipped {len(names)} file(s) that are not readable images ({shown})",
-                SkippedFilesWarning,
-                stacklevel=2,
-            )
+        if self.skipped:
+            kinds = [f"{len(names)} {what} ({_shown(list(names))})" for names, what in (
+                (self._undecodable, "could not be decoded as an image"), (self._not_images, "not an image file"))
+                if names]
+            warnings.warn(f"{self.path}: skipped {self.skipped} file(s): {', '.join(kinds)}", SkippedFilesWarning,
+                          stacklevel=2)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, kind={self.kind!r}, samples={len(self)})"
@@ -106,7 +111,7 @@ class FileDataset(ImageDataset):
         super().__init__(path, kind, classes, labels)
         self._samples = samples
         self._preprocessing = preprocessing
-        self._skipped.update((_relative_name(p, path), None) for p in ignored)
+        self._not_images.update((_relative_name(p, path), None) for p in ignored)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -134,7 +139,7 @@ class FileDataset(ImageDataset):
                 return self._preprocessing(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             # PIL reports undecodable, truncated and unreadable files through these.
-            self._skipped[_relative_name(file, self.path)] = None
+            self._undecodable[_relative_name(file, self.path)] = None
             return None
 
 
@@ -317,8 +322,9 @@ def _open_array(path: Path, preprocessing: Preprocessing, limit: int | None, see
     elif array.ndim == 4 and np.issubdtype(array.dtype, np.floating) and array.shape[1] == 3:
         if array.shape[2:] != (size, size):
             raise InputError(
-                f"{path} holds preprocessed images of shape {tuple(array.shape)}, "
-                f"but the preprocessing expects ({array.shape[0]}, 3, {size}, {size})"
+                f"{path} holds preprocessed images of shape {tuple(array.shape)}, but the model takes {size} px "
+                f"inputs, ({array.shape[0]}, 3, {size}, {size}): preprocess them at {size} px, or give the images "
+                f"raw (uint8 (N,H,W,3) or a folder), which are resized and cropped to {size} px"
             )
     else:
         raise InputError(
@@ -347,6 +353,10 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             )
         labels = archive["labels"] if "labels" in keys else None
         return archive[candidates[0]], labels
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:_NAMES_SHOWN]) + (", ..." if len(names) > _NAMES_SHOWN else "")
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -12,6 +12,16 @@ import click
 
 from .errors import ConvNeXtExportError
 from .files import write_atomically
+from .interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, signals_unwind
+
+EXIT_CODES_EPILOG = f"""\b
+Exit codes:
+  0    done
+  1    failure: the work could not be done (or a gate failed)
+  2    usage error or bad input: an option, file or directory as given cannot be used
+  {INTERRUPTED_EXIT}  interrupted (Ctrl-C)
+  {TERMINATED_EXIT}  terminated (SIGTERM: timeout, CI, docker stop)
+"""
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json -).")
 json_option = click.option(
@@ -33,14 +43,25 @@ class CommandError(click.ClickException):
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's actionable errors into click errors: a message, never a traceback."""
+    """Turn the library's actionable errors into click errors: a message, never a traceback; Ctrl-C and
+    SIGTERM unwind (removing staged output) and exit 130 and 143, as shells and CI expect."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ConvNeXtExportError as error:
-            raise CommandError(str(error), error.exit_code) from None
+        with signals_unwind() as received:
+            try:
+                return command(*args, **kwargs)
+            except BaseException as error:
+                code = received.exit_code if received.signum is not None else (  # whatever a library made of it
+                    INTERRUPTED_EXIT if isinstance(error, KeyboardInterrupt) else
+                    TERMINATED_EXIT if isinstance(error, Terminated) else None)
+                if code is not None:
+                    how = "interrupted (Ctrl-C)" if code == INTERRUPTED_EXIT else "terminated (SIGTERM)"
+                    click.echo(f"\nAborted: {how}; unfinished output was removed.", err=True)
+                    raise click.exceptions.Exit(code) from None
+                if isinstance(error, ConvNeXtExportError):
+                    raise CommandError(str(error), error.exit_code) from None
+                raise
 
     return wrapper
 

@@ -26,6 +26,7 @@ from .drift import drift_meaning, drift_metrics
 from .errors import InputError
 from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
 from .fusion import FUSIONS, fuse_model
+from .memory import check_export_memory
 from .model import ConvNeXt, build_model
 from .preprocess import Preprocessing, torchvision_preprocessing
 from .tensorrt.build import EngineBuildSettings
@@ -249,8 +250,13 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
         runtime = require_tensorrt("--trt")
     started = time.perf_counter()
     reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
+    if request.precision == "int8":  # --calib-data against the model's input size, known now
+        request.int8.validate(request.target, reference.preprocessing)
+    check_export_memory(reference.config, reference.preprocessing.image_size, request.precision, request.batch,
+                        request.int8.calib_size if request.precision == "int8" else 0, log)
     out = request.out or request.default_out(reference.config)
-    with staged_directory(out, request.force) as staging, tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work:
+    with (staged_directory(out, request.force, log) as staging,
+          tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work):
         kept_layer_scale: set[str] = set()
         if request.fuse and request.precision == "fp16":
             from .fp16 import blocks_keeping_layer_scale

@@ -7,9 +7,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -223,3 +226,71 @@ def test_installed_console_script_exports_the_default_set(tmp_path):
     int8_rows = [r for r in report["rows"] if r["precision"] == "int8"]
     int8_skipped = [s for s in report["skipped"] if s["artifact"] == "convnext_atto-int8"]
     assert bool(int8_rows) != bool(int8_skipped)  # INT8 is benchmarked once the exporter makes it, else says why
+
+
+@pytest.mark.parametrize("signum, code, words", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                 (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+def test_a_signal_mid_benchmark_exits_128_plus_signal(signum, code, words, artifacts, tmp_path, monkeypatch):
+    from convnext_export.bench.runner import Bench
+
+    def signalled(self, *args, **kwargs):
+        os.kill(os.getpid(), signum)  # delivered to this (main) thread, as from `timeout` or Ctrl-C
+        time.sleep(5)
+        raise AssertionError("the signal did not interrupt the benchmark")
+
+    monkeypatch.setattr(Bench, "time_batches", signalled)
+    result = CliRunner().invoke(bench_command, [str(artifacts["fp32"]), "--backends", "torch", "--iters", "1",
+                                                "--no-cold-start", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == code, result.output
+    assert f"Aborted: {words}" in result.output and not (tmp_path / "b.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
+
+
+def test_data_array_is_checked_against_each_artifacts_size_before_the_timing(artifacts, tmp_path, monkeypatch):
+    from convnext_export.bench.runner import Bench
+
+    def never(self, *args, **kwargs):
+        raise AssertionError("timed before checking --data")
+
+    monkeypatch.setattr(Bench, "time_batches", never)
+    np.save(tmp_path / "x64.npy", np.zeros((8, 3, 64, 64), np.float32))
+    result = invoke(artifacts["fp32"], "--data", tmp_path / "x64.npy", "--backends", "torch", "--no-cold-start")
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert f"--data: {tmp_path / 'x64.npy'} holds preprocessed images of shape (8, 3, 64, 64)" in message
+    assert f"the model takes {IMAGE} px inputs, (8, 3, {IMAGE}, {IMAGE})" in message
+    assert f"(for {artifacts['fp32'].name}, exported at {IMAGE} px)" in message
+
+
+def test_data_array_at_the_artifacts_size_measures_drift(artifacts, tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((6, 3, IMAGE, IMAGE), dtype=np.float32))
+    result = invoke(artifacts["fp32"], "--data", tmp_path / "x.npy", "--backends", "torch,onnxruntime", "--iters", 2,
+                    "--warmup", 0, "--no-cold-start", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    onnxruntime = next(r for r in rows if r["backend"] == "onnxruntime")
+    assert onnxruntime["drift"]["inputs"] == f"6 images from {tmp_path / 'x.npy'}"
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda manifest: "{\"schema\": \"convnext-export/1\", \"model_file\": ",
+     ["the manifest is not valid JSON (Expecting value", "so the artifact is damaged; re-export it: convnext-export "
+      "--size SIZE --out {dir} --force (SIZE or --weights FILE as it was made from"]),
+    (lambda manifest: json.dumps({k: v for k, v in manifest.items() if k != "config"}),
+     ["the manifest is incomplete or malformed (it lacks the key 'config'); re-export it: convnext-export --weights "
+      "{weights} --image-size 32 --out {dir} --force (plus any other options it was made with)"]),
+    (lambda manifest: json.dumps({**manifest, "preprocessing": {**manifest["preprocessing"], "interpolation": "foo"}}),
+     ["the manifest is incomplete or malformed (unknown interpolation 'foo'", "re-export it: convnext-export"]),
+])
+def test_a_damaged_manifest_says_how_to_re_export(damage, words, artifacts, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(artifacts["fp32"], damaged)
+    manifest = json.loads((damaged / MANIFEST).read_text())
+    (damaged / MANIFEST).write_text(damage(manifest))
+    result = invoke(damaged, "--backends", "torch", "--no-cold-start", "--iters", 1)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert message.startswith(f"Error: {damaged / MANIFEST}: ")
+    for word in words:
+        assert word.format(dir=damaged, weights=manifest["weights"]["path"]) in message, message
+    assert "Traceback" not in result.output

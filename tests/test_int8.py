@@ -218,8 +218,8 @@ def test_calibration_data_subset_holdout_and_more_than_available(tmp_path):
     notes = []
     data = load_calibration_data(PRE, folder, size=100, seed=0, log=notes.append)
     assert len(data.images) + len(data.holdout) == 20 and len(data.holdout) == holdout_count(20) == 4
-    assert any("has 20 images, fewer than --calib-size 100 + --holdout 1000: calibrating on 16 and validating on 4"
-               in n for n in notes), notes
+    assert (f"--calib-size 100 + --holdout 1000: {folder} has only 20 image files; using 20: 16 to calibrate, "
+            f"4 held out to validate") in notes, notes
     assert data.provenance["kind"] == "dataset" and len(data.provenance["files"]) == 20
     again = load_calibration_data(PRE, folder, size=12, seed=0, holdout=4)
     assert (len(again.images), len(again.holdout)) == (12, 4)

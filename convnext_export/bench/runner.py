@@ -145,6 +145,16 @@ class Bench:
             raise InputError("no artifact to benchmark: pass ARTIFACT_DIR(s) or let convnext-bench export --size")
         artifacts = [read_artifact(path) for path in self.request.artifacts]  # sha256 checked
         host = detect_host()
+        if self.request.data is not None:  # a --data that does not fit fails now, not after the timing
+            from ..datasets import open_dataset
+
+            for artifact in {a.preprocessing: a for a in artifacts}.values():
+                try:
+                    open_dataset(self.request.data, artifact.preprocessing, limit=self.request.limit,
+                                 seed=self.request.seed)
+                except InputError as error:
+                    raise InputError(f"--data: {error} (for {artifact.name}, exported at "
+                                     f"{artifact.preprocessing.image_size} px)") from None
         for artifact in artifacts:
             warning = artifact_isa_warning(artifact.name, artifact.precision, artifact.target,
                                            artifact.extra.get("isa"), host)

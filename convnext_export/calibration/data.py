@@ -160,12 +160,6 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
     wanted = size + holdout
     dataset = open_dataset(path, preprocessing, limit=wanted, seed=seed)
     notes = []
-    if len(dataset) < wanted:
-        held = holdout_split(len(dataset), size, holdout)
-        note = (f"{path} has {len(dataset)} images, fewer than --calib-size {size} + --holdout {holdout}: "
-                f"calibrating on {len(dataset) - held} and validating on {held}")
-        log(note)
-        notes.append(note)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chunks = [batch.images for batch in dataset.batches(64)]
@@ -173,9 +167,24 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
         log(f"warning: {warning.message}")
         notes.append(str(warning.message))
     if not chunks:
-        raise InputError(f"--calib-data {path}: none of its {len(dataset)} files is a readable image")
+        raise InputError(f"--calib-data {path}: none of its {len(dataset)} image files could be decoded "
+                         f"({', '.join(dataset.undecodable[:5])}{', ...' if len(dataset.undecodable) > 5 else ''}); "
+                         f"give a folder of JPEG/PNG images or a .npy/.npz array")
     images = np.concatenate(chunks).astype(np.float32, copy=False)
     calibration, holdout_images = _split(images, seed, holdout_split(len(images), size, holdout))
+    if len(images) < wanted:
+        bad = dataset.undecodable
+        named = (f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}) and "
+                 f"{'was' if len(bad) == 1 else 'were'} skipped")
+        if len(dataset) < wanted:
+            found = f"{path} has only {len(dataset)} image files" + (
+                f", and {len(bad)} of them could not be decoded {named}" if bad else "")
+        else:
+            found = f"{len(bad)} of the {len(dataset)} image files chosen from {path} could not be decoded {named}"
+        note = (f"--calib-size {size} + --holdout {holdout}: {found}; using {len(images)}: {len(calibration)} to "
+                f"calibrate, {len(holdout_images)} held out to validate")
+        log(note)
+        notes.append(note)
     if len(holdout_images) == 0:
         note = "only one calibration image: the export is validated on that same image"
         log(f"warning: {note}")

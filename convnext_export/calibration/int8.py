@@ -49,8 +49,9 @@ class Int8Options:
     isa: str = "host"  # --target cpu: the integer path the weights are made for (isa.py; "x86": every x86 path)
     holdout: int | None = None  # hold-out images (default DEFAULT_HOLDOUT of real data; 1/8 of synthetic)
 
-    def validate(self, target: str) -> None:
-        """Usage errors for an INT8 export to ``target``, raised before any work."""
+    def validate(self, target: str, preprocessing: Preprocessing | None = None) -> None:
+        """Usage errors for an INT8 export to ``target``, raised before any work; given the model's
+        ``preprocessing``, --calib-data is opened too (its files listed, an array's shape checked)."""
         CalibrationMethod(self.calib_method, self.calib_percentile)
         if self.calib_size < 1:
             raise InputError(f"--calib-size {self.calib_size}: calibrate on at least 1 image "
@@ -78,10 +79,11 @@ class Int8Options:
             if not Path(self.calib_data).exists():
                 raise InputError(f"--calib-data {self.calib_data} does not exist; give an image folder, "
                                  f"a .npy/.npz array, or omit it to calibrate on synthetic data")
-            try:  # lists the files only: a folder without images fails here, before the export
-                open_dataset(self.calib_data, Preprocessing(), limit=self.calib_size, seed=self.seed)
-            except InputError as error:
-                raise InputError(f"--calib-data: {error}") from None
+            if preprocessing is not None:
+                try:  # lists the files only: a folder without images fails here, before the export
+                    open_dataset(self.calib_data, preprocessing, limit=self.calib_size, seed=self.seed)
+                except InputError as error:
+                    raise InputError(f"--calib-data: {error}") from None
         if self.calib_cache is not None and Path(self.calib_cache).is_dir():
             raise InputError(f"--calib-cache {self.calib_cache} is a directory; give a file "
                              f"(e.g. {Path(self.calib_cache) / CACHE_FILE})")
@@ -179,7 +181,7 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     reused only when their key matches; the ranges used are written to ``cache_out`` (beside the
     artifact) and to ``options.calib_cache`` when given.
     """
-    options.validate(target_name)
+    options.validate(target_name, preprocessing)
     target = get_target(target_name)
     method = CalibrationMethod(options.calib_method, options.calib_percentile, symmetric=target.activation_symmetric)
     model = name_nodes_by_module(onnx.load(str(fp32_path)))
