@@ -13,11 +13,13 @@ import onnx
 from ..drift import drift_metrics
 from ..errors import InputError
 from ..preprocess import Preprocessing
+from ..progress import ProgressCallback, no_progress
 from .cache import CACHE_FILE, CacheKey, Calibration, calibration_cache_key, read_cache, write_cache
 from .data import DEFAULT_CALIB_SIZE, CalibrationData, fixed_batches, load_calibration_data
 from .equalize import EQUALIZATION, apply_stream_scales, scales_report, stream_scales
 from .fallback import fall_back_until, float_mac_fraction, holdout_resolution_warning, layer_macs
 from .graph import graph_fingerprint, name_nodes_by_module
+from .onepass import ONE_PASS_METHODS, equalize_and_calibrate
 from .quantize import quantize_with_plan
 from .ranges import DEFAULT_PERCENTILE, CalibrationMethod, calibration_batch_size, collect_ranges
 from .recipe import get_target, plan_quantization
@@ -78,32 +80,44 @@ class Int8Result:
     report: dict = field(default_factory=dict)  # manifest extra: calibration, quantized
 
 
-def onnxruntime_runner(batch: int | None) -> Callable[[onnx.ModelProto, np.ndarray], np.ndarray]:
-    """Run a model proto over images with ONNX Runtime (the backend's session options): its first output."""
+def onnxruntime_runner(batch: int | None) -> Callable[..., np.ndarray]:
+    """Run a model proto over images with ONNX Runtime (the backend's session options): its first output;
+    ``progress(done, total)`` gets the images done after each batch."""
     outputs = onnxruntime_outputs(batch)
 
-    def run(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
-        return np.concatenate([chunk[0] for chunk in outputs(model, [model.graph.output[0].name], images)])
+    def run(model: onnx.ModelProto, images: np.ndarray, progress=lambda done, total: None) -> np.ndarray:
+        return np.concatenate([chunk[0] for chunk in outputs(model, [model.graph.output[0].name], images, progress)])
 
     return run
 
 
 def onnxruntime_outputs(batch: int | None, default_batch: int = 16):
     """Run a model proto with ONNX Runtime and yield the named outputs batch by batch (static batches padded,
-    the padding dropped)."""
+    the padding dropped); ``progress(done, total)`` gets the images done after each batch."""
     import onnxruntime
 
     from ..backends.onnxruntime import session_options
 
-    def run(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> Iterator[list[np.ndarray]]:
+    def run(model: onnx.ModelProto, names: list[str], images: np.ndarray,
+            progress=lambda done, total: None) -> Iterator[list[np.ndarray]]:
         session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
                                                providers=["CPUExecutionProvider"])
         feed = session.get_inputs()[0].name
         size = batch or default_batch
         for start, chunk in zip(range(0, len(images), size), fixed_batches(images, size, pad=batch is not None)):
-            yield [output[: min(size, len(images) - start)] for output in session.run(names, {feed: chunk})]
+            outputs = session.run(names, {feed: chunk})
+            progress(min(start + size, len(images)), len(images))
+            yield [output[: min(size, len(images) - start)] for output in outputs]
 
     return run
+
+
+def reporting(run: Callable[..., np.ndarray], label: str, progress: ProgressCallback) -> Callable[..., np.ndarray]:
+    """``run`` (an ONNX Runtime or eager runner) reporting its images done to ``progress`` under ``label``."""
+    def reported(*args):
+        return run(*args, progress=lambda done, total: progress(label, done, total))
+
+    return reported
 
 
 def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
@@ -129,28 +143,21 @@ def cached_calibration(key: CacheKey, candidates, log: Callable[[str], None]) ->
 
 
 def calibrate(model: onnx.ModelProto, data: CalibrationData, method: CalibrationMethod, batch_size: int, pad: bool,
-              log: Callable[[str], None]) -> dict[str, tuple[float, float]]:
-    """Collect ranges on the calibration images, reporting progress at each quarter."""
+              progress: ProgressCallback = no_progress) -> dict[str, tuple[float, float]]:
+    """Ranges from ONNX Runtime's calibrator (the entropy method: it needs every tensor's whole histogram)."""
     total = len(data.images)
-    log(f"calibrating ({method.name}) on {total} {'synthetic' if data.synthetic else 'real'} images")
-    quarters = set()
-
-    def progress(seen: int) -> None:
-        quarter = 4 * seen // total
-        if 0 < quarter < 4 and quarter not in quarters:
-            quarters.add(quarter)
-            log(f"calibrated {seen}/{total} images")
-
     with tempfile.TemporaryDirectory(prefix="convnext-int8-") as work:
         named = Path(work) / "named.onnx"
         onnx.save(model, str(named))
-        return collect_ranges(named, data.batches(batch_size, pad=pad), method, progress)
+        return collect_ranges(named, data.batches(batch_size, pad=pad), method,
+                              lambda seen: progress(f"calibration: {method.name} (ONNX Runtime)", seen, total))
 
 
 def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np.ndarray],
                preprocessing: Preprocessing, batch: int | None, options: Int8Options, target_name: str, versions: dict,
                previous_cache: Path | None = None, cache_out: Path | None = None,
-               log: Callable[[str], None] = lambda message: None) -> Int8Result:
+               log: Callable[[str], None] = lambda message: None, progress: ProgressCallback = no_progress
+               ) -> Int8Result:
     """Quantize the fused FP32 graph at ``fp32_path`` into ``out_path``, checked on the calibration hold-out.
 
     ``previous_cache`` (the cache of the artifact being replaced) and ``options.calib_cache`` are
@@ -168,9 +175,14 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     size = batch or calibration_batch_size(preprocessing.image_size)
     calibration, cache_message = cached_calibration(key, (options.calib_cache, previous_cache), log)
     if calibration is None:
-        scales = stream_scales(model, data.batches(size, pad=batch is not None))
-        model = apply_stream_scales(model, scales, check)
-        ranges = calibrate(model, data, method, size, pad=batch is not None, log=log)
+        log(f"calibrating ({method.name}) on {len(data.images)} {'synthetic' if data.synthetic else 'real'} images")
+        if method.name in ONE_PASS_METHODS:
+            model, scales, ranges = equalize_and_calibrate(model, list(data.batches(size, pad=batch is not None)),
+                                                           method, check, progress, log)
+        else:
+            scales = stream_scales(model, data.batches(size, pad=batch is not None))
+            model = apply_stream_scales(model, scales, check)
+            ranges = calibrate(model, data, method, size, pad=batch is not None, progress=progress)
         calibration = Calibration(ranges, {stage: s.tolist() for stage, s in scales.items()})
         if options.calib_cache is not None:
             write_cache(Path(options.calib_cache), key, calibration)
@@ -186,8 +198,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
         log("warning: this graph has no Gelu op (opsets before 20 decompose it), so pwconv1 keeps a float output "
             "and runs slower; export at --opset 20 for the fast INT8 path")
     quantized = quantize_with_plan(model, ranges, method, plan)
-    run = onnxruntime_runner(batch)
-    reference = eager(data.holdout)
+    run = reporting(onnxruntime_runner(batch), "hold-out: INT8 (ONNX Runtime)", progress)
+    reference = reporting(eager, "hold-out: eager FP32 reference", progress)(data.holdout)
     outputs = run(quantized, data.holdout)
     drift = drift_metrics(outputs, reference)
     macs = layer_macs(model)
@@ -198,7 +210,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     if options.max_drift is not None and drift["top1_agreement"] < options.max_drift:
         log(f"top-1 agreement {drift['top1_agreement']:.2%} on the hold-out misses --max-drift "
             f"{options.max_drift}: measuring per-unit sensitivity")
-        result = fall_back_until(model, ranges, method, plan, data.holdout, reference, options.max_drift, run, log)
+        result = fall_back_until(model, ranges, method, plan, data.holdout, reference, options.max_drift,
+                                 onnxruntime_runner(batch), log, progress)
         plan, quantized = result.plan, result.model
         drift = drift_metrics(result.outputs, reference)
         fallback = {"budget_top1_agreement": options.max_drift, "moved": result.moved,
@@ -212,7 +225,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     gelu = {"form": "exact"}
     if options.gelu == "sigmoid":
         log(f"GELU in the sigmoid form; correcting pwconv2 biases on {len(data.images)} calibration images")
-        candidate, report = apply_sigmoid_gelu(quantized, data.images, onnxruntime_outputs(batch))
+        outputs_reported = reporting(onnxruntime_outputs(batch), "--gelu sigmoid: bias correction runs", progress)
+        candidate, report = apply_sigmoid_gelu(quantized, data.images, outputs_reported)
         candidate_drift = drift_metrics(run(candidate, data.holdout), reference)
         if options.max_drift is not None and candidate_drift["top1_agreement"] < options.max_drift:
             log(f"--gelu sigmoid: top-1 agreement {candidate_drift['top1_agreement']:.2%} on the hold-out misses "
