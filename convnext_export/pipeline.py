@@ -212,6 +212,7 @@ def eager_runner(model: ConvNeXt, batch_size: int = 16):
     ``progress(done, total)`` gets the images done after each chunk."""
     def run(images: np.ndarray, progress=lambda done, total: None) -> np.ndarray:
         outputs = []
+        progress(0, len(images))
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
                 outputs.append(model(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy())

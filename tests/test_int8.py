@@ -319,3 +319,30 @@ def test_holdout_too_small_for_the_budget_is_warned():
     assert holdout_resolution_warning(0.99, 500) is None
     assert holdout_resolution_warning(0.9, 64) is None  # 6.4 tolerated
     assert "every one of the 32" in holdout_resolution_warning(1.0, 32)
+
+
+def test_progress_reports_calibration_and_holdout_up_to_their_totals(graph, tmp_path):
+    events: dict[str, list[tuple[int, int]]] = {}
+    build_int8(graph["path"], tmp_path / "model.onnx", graph["eager"], PRE, None, Int8Options(calib_size=48), "cpu",
+               tool_versions(), progress=lambda label, done, total: events.setdefault(label, []).append((done, total)))
+    calibrated, held = 48 - holdout_count(48), holdout_count(48)
+    calibration = events["calibration: percentile ranges + stream scales"]
+    assert len(calibration) > 2  # reported batch by batch, not only at the start and the end
+    assert [done for done, _ in calibration] == sorted(done for done, _ in calibration)
+    assert {total for _, total in calibration} == {calibrated} and calibration[-1][0] == calibrated
+    for label in ("hold-out: eager FP32 reference", "hold-out: INT8 (ONNX Runtime)"):
+        assert events[label][-1] == (held, held)
+
+
+@pytest.mark.parametrize("quieting", [(), ("--quiet",), ("--json", "-")], ids=["shown", "quiet", "json-stdout"])
+def test_progress_bars_only_without_quiet_or_json_on_stdout(tmp_path, quieting):
+    """The console is forced to behave like a terminal, where rich draws its bars; --quiet and --json - hide them."""
+    args = ["--size", "atto", "--image-size", "32", "--num-classes", "10", "--int8", "--calib-size", "24",
+            "--out", str(tmp_path / "int8"), *quieting]
+    result = CliRunner().invoke(export_command, args, catch_exceptions=False,
+                                env={"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    shown = "calibration: percentile ranges" in result.output
+    assert shown == (not quieting), result.output
+    if quieting == ("--json", "-"):
+        assert json.loads(result.stdout)["manifest"]["precision"] == "int8"

@@ -94,6 +94,21 @@ def test_small_tails_are_pruned_and_still_exact():
     assert statistics.range(None) == _onnxruntime_range(chunks, method)
 
 
+def test_a_channel_holding_more_than_its_share_of_the_tail_is_sent_to_the_second_pass(monkeypatch):
+    """All the outliers in one channel: with a share of 1 its kept values cannot cover the top 0.5%, and the
+    check says so instead of returning a wrong range; with the default share the range is exact."""
+    rng = np.random.default_rng(9)
+    chunks = []
+    for _ in range(6):
+        chunk = rng.standard_normal((8, 8, 6, 6)).astype(np.float32)
+        chunk[:, 0] *= 10
+        chunks.append(chunk)
+    method, scale = CalibrationMethod("percentile", 99.0), np.ones(8)
+    assert _one_pass_range(chunks, method, scale, batch=8) == _onnxruntime_range(chunks, method)
+    monkeypatch.setattr(onepass, "CHANNEL_SHARE", 1)
+    assert _one_pass_range(chunks, method, scale, batch=8) is None
+
+
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     work = tmp_path_factory.mktemp("onepass")

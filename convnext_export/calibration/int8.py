@@ -100,6 +100,7 @@ def onnxruntime_outputs(batch: int | None, default_batch: int = 16):
 
     def run(model: onnx.ModelProto, names: list[str], images: np.ndarray,
             progress=lambda done, total: None) -> Iterator[list[np.ndarray]]:
+        progress(0, len(images))
         session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
                                                providers=["CPUExecutionProvider"])
         feed = session.get_inputs()[0].name
@@ -197,7 +198,9 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     if "gelu" in target.quantized_classes and not any(node.op_type == "Gelu" for node in model.graph.node):
         log("warning: this graph has no Gelu op (opsets before 20 decompose it), so pwconv1 keeps a float output "
             "and runs slower; export at --opset 20 for the fast INT8 path")
+    progress("quantization (ONNX Runtime QDQ)", 0, 1)
     quantized = quantize_with_plan(model, ranges, method, plan)
+    progress("quantization (ONNX Runtime QDQ)", 1, 1)
     run = reporting(onnxruntime_runner(batch), "hold-out: INT8 (ONNX Runtime)", progress)
     reference = reporting(eager, "hold-out: eager FP32 reference", progress)(data.holdout)
     outputs = run(quantized, data.holdout)

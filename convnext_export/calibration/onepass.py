@@ -17,7 +17,8 @@ unequalized graph:
   each came from; of the rest only the count matters. ``percentile_bins`` puts the kept values
   in the bins ONNX Runtime gives them and checks that both crossings lie among them.
 - Within a channel ``x / s`` keeps the order of ``x``, so the ``x / s`` tensors keep the top of
-  every channel (``_ChannelTail``): the top of ``x / s`` is among them whatever ``s`` turns out.
+  every channel (``_ChannelTail``): whatever ``s`` turns out, every value of ``x / s`` above the
+  highest channel floor divided by its scale is among them, and the same check applies.
 
 Against ONNX Runtime fed the same values the ranges are the same bit for bit (tests/test_onepass.py).
 Against its calibrator on the equalized graph they differ by float rounding only: that graph
@@ -44,6 +45,9 @@ HISTOGRAM_BINS = 2048  # ONNX Runtime's percentile calibrator (create_calibrator
 ONE_PASS_METHODS = ("minmax", "percentile")  # entropy needs the whole histogram: ONNX Runtime's calibrator
 FULL_FRACTION = 0.25  # a tail this large of a tensor: keep all of its values (small tensors, low percentiles)
 TAIL_MARGIN = 16  # values kept beyond the (100 - p)% share: room for ties and for grids that moved
+# x / s tensors keep this many times a channel's fair share of the tail (at least TAIL_MARGIN x 4): equalization
+# spreads the tail over the channels; a channel holding more than that fails the check and takes a second pass.
+CHANNEL_SHARE = 32
 TAIL_BUDGET = 1 << 30  # bytes of per-channel tails in one pass; beyond (a huge --calib-size): a second pass
 
 Progress = Callable[[str, int, int], None]
@@ -187,7 +191,7 @@ class _Tail:
     def offer(self, oriented: np.ndarray, top: np.ndarray, chunk: int) -> None:
         if float(top.max()) >= self.floor:
             flat = oriented.reshape(-1)
-            chosen = flat[flat >= self.floor]
+            chosen = flat[flat >= self.floor] if math.isfinite(self.floor) else self._first(flat)
             self.values.append(chosen)
             self.chunks.append(np.full(len(chosen), chunk, np.int32))
             self.size += len(chosen)
@@ -197,6 +201,20 @@ class _Tail:
             kept = values >= kth
             self.values, self.chunks = [values[kept]], [chunks[kept]]
             self.size, self.floor = int(kept.sum()), float(kth)
+
+    def _first(self, flat: np.ndarray) -> np.ndarray:
+        """The first values offered: those above a floor guessed from every 16th value (about twice ``keep``),
+        or all of them when fewer than ``keep`` reach it."""
+        sample = flat[::16]
+        rank = len(sample) - (2 * self.keep) // 16 - 1
+        if rank < 1:
+            return flat.copy()
+        guess = np.partition(sample, rank)[rank]
+        chosen = flat[flat >= guess]
+        if len(chosen) < self.keep:
+            return flat.copy()
+        self.floor = float(guess)
+        return chosen
 
     def final(self, scale: None = None) -> TailValues:
         """Every value above the bound; all others are at most the bound."""
@@ -209,39 +227,54 @@ class _Tail:
 
 class _ChannelTail:
     """The ``keep`` largest values of every channel of one side of an ``x / s`` tensor: ``x / s`` keeps the order
-    within a channel, so they hold the largest values of ``x / s`` over all channels, whatever ``s`` (> 0) is."""
+    within a channel, so they hold the largest values of ``x / s`` over all channels, whatever ``s`` (> 0) is.
+
+    A batch's values above their channel's floor wait in ``pending``; they are merged into ``top`` (and the
+    floors raised) once they outnumber it, so the merge costs about as much as the values it takes in."""
 
     def __init__(self, keep: int, channels: int) -> None:
         self.top = np.full((channels, keep), -np.inf, np.float32)
         self.chunks = np.zeros((channels, keep), np.int32)
-        self.floor = np.full(channels, -np.inf, np.float32)  # no other value of the channel exceeds it
+        self.floor = np.full(channels, -np.inf, np.float32)  # no value of the channel left out exceeds it
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (channel, value, chunk)
+        self.pending_size = 0
         self.seen = 0  # values per channel so far
 
     def offer(self, oriented: np.ndarray, top: np.ndarray, chunk: int) -> None:
-        self.seen += oriented.size // len(self.floor)
+        channels = len(self.floor)
+        self.seen += oriented.size // channels
         if not (top > self.floor).any():
             return
-        rows = np.moveaxis(oriented, 1, 0).reshape(len(self.floor), -1)
-        chosen = rows > self.floor[:, None]
-        counts = chosen.sum(axis=1)
-        widest = int(counts.max())
-        if widest * 2 > rows.shape[1]:  # most of the batch: merge it whole
-            new = rows
-        else:  # the few new values of each row, padded to the widest
-            row, column = np.nonzero(chosen)
-            position = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
-            new = np.full((len(self.floor), widest), -np.inf, np.float32)
-            new[row, position] = rows[row, column]
+        shaped = oriented.reshape(oriented.shape[0], channels, -1)
+        index = np.flatnonzero(shaped > self.floor[None, :, None])
+        self.pending.append(((index // shaped.shape[2] % channels).astype(np.int32), shaped.reshape(-1)[index],
+                             np.full(len(index), chunk, np.int32)))
+        self.pending_size += len(index)
+        if self.pending_size > self.top.size:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self.pending:
+            return
+        rows, values, chunks = (np.concatenate(parts) for parts in zip(*self.pending))
+        self.pending, self.pending_size = [], 0
+        order = np.argsort(rows, kind="stable")
+        rows, values, chunks = rows[order], values[order], chunks[order]
+        counts = np.bincount(rows, minlength=len(self.floor))
+        position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        new = np.full((len(self.floor), int(counts.max())), -np.inf, np.float32)
+        new_chunks = np.zeros(new.shape, np.int32)
+        new[rows, position], new_chunks[rows, position] = values, chunks
         merged = np.concatenate([self.top, new], axis=1)
-        merged_chunks = np.concatenate([self.chunks, np.full(new.shape, chunk, np.int32)], axis=1)
-        cut = merged.shape[1] - self.top.shape[1]
+        cut = new.shape[1]
         order = np.argpartition(merged, cut, axis=1)[:, cut:]
         self.top = np.take_along_axis(merged, order, axis=1)
-        self.chunks = np.take_along_axis(merged_chunks, order, axis=1)
+        self.chunks = np.take_along_axis(np.concatenate([self.chunks, new_chunks], axis=1), order, axis=1)
         self.floor = self.top.min(axis=1)
 
     def final(self, scale: np.ndarray) -> TailValues:
         """Every value of ``x / scale`` above the bound; all others are at most the bound."""
+        self._merge()
         scale = np.asarray(scale, np.float64)
         values = (self.top / scale[:, None]).astype(np.float32)
         real = np.isfinite(values)
@@ -294,9 +327,12 @@ class _TensorStatistics:
         return 8 * (1 if self.method.symmetric else 2) * value.shape[1] * self._keep(value, images, total_images)
 
     def _keep(self, value: np.ndarray, images: int, total_images: int) -> int:
+        """Values each tail keeps (per channel for x / s tensors); every value when that is most of them."""
         total = value.size // images * total_images
         channels = value.shape[1] if self.scaled else 1
         keep = math.floor(self.cut * total) + TAIL_MARGIN
+        if self.scaled:
+            keep = min(keep, max(CHANNEL_SHARE * math.ceil(keep / channels), 4 * TAIL_MARGIN))
         return math.ceil(total / channels) if keep * channels >= FULL_FRACTION * total else keep
 
     def observe(self, name: str, value: np.ndarray, extremes: tuple[np.ndarray, np.ndarray], images: int,
