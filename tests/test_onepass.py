@@ -40,8 +40,8 @@ def _onnxruntime_range(chunks: list[np.ndarray], method: CalibrationMethod) -> t
 
 
 def _one_pass_range(chunks: list[np.ndarray], method: CalibrationMethod, scale: np.ndarray | None,
-                    batch: int) -> tuple[float, float]:
-    statistics = _TensorStatistics(method, None if scale is None else 0)
+                    batch: int, equalized: bool = False) -> tuple[float, float]:
+    statistics = _TensorStatistics(method, None if scale is None else 0, equalized)
     images = sum(len(chunk) for chunk in chunks)
     for chunk in chunks:
         for start in range(0, len(chunk), batch):
@@ -68,16 +68,17 @@ def _chunks(rng: np.random.Generator, ties: bool) -> list[np.ndarray]:
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("percentile", [99.99, 99.0, 90.0])
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("scaled", [False, True])
-def test_tails_give_onnxruntime_histogram_percentile_exactly(symmetric, percentile, ties, scaled):
+@pytest.mark.parametrize("layout", ["tensor", "x/s", "x/s stream"])
+def test_tails_give_onnxruntime_histogram_percentile_exactly(symmetric, percentile, ties, layout):
+    """``tensor``: one tail per side; ``x / s``: per-channel tails, the whole tail each; ``stream``: a share."""
     rng = np.random.default_rng(int(percentile * 100) + 2 * symmetric + ties)
     chunks = _chunks(rng, ties)
     method = CalibrationMethod("percentile", percentile, symmetric=symmetric)
-    scale = np.linspace(0.05, 1.0, 8) if scaled else None
+    scale = np.linspace(0.05, 1.0, 8) if layout != "tensor" else None
     # What ONNX Runtime sees: the values of x / s (as the one pass computes them: float64 quotient, float32 value).
     seen = [chunk if scale is None else (chunk / scale[None, :, None, None]).astype(np.float32) for chunk in chunks]
     expected = _onnxruntime_range(seen, method)
-    assert _one_pass_range(chunks, method, scale, batch=3) == expected
+    assert _one_pass_range(chunks, method, scale, batch=3, equalized=layout == "x/s stream") == expected
 
 
 def test_small_tails_are_pruned_and_still_exact():
@@ -104,9 +105,12 @@ def test_a_channel_holding_more_than_its_share_of_the_tail_is_sent_to_the_second
         chunk[:, 0] *= 10
         chunks.append(chunk)
     method, scale = CalibrationMethod("percentile", 99.0), np.ones(8)
-    assert _one_pass_range(chunks, method, scale, batch=8) == _onnxruntime_range(chunks, method)
+    expected = _onnxruntime_range(chunks, method)
+    assert _one_pass_range(chunks, method, scale, batch=8, equalized=True) == expected
+    assert _one_pass_range(chunks, method, scale, batch=8, equalized=False) == expected
     monkeypatch.setattr(onepass, "CHANNEL_SHARE", 1)
-    assert _one_pass_range(chunks, method, scale, batch=8) is None
+    assert _one_pass_range(chunks, method, scale, batch=8, equalized=True) is None
+    assert _one_pass_range(chunks, method, scale, batch=8, equalized=False) == expected  # keeps the whole tail
 
 
 @pytest.fixture(scope="module")

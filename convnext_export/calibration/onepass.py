@@ -45,8 +45,9 @@ HISTOGRAM_BINS = 2048  # ONNX Runtime's percentile calibrator (create_calibrator
 ONE_PASS_METHODS = ("minmax", "percentile")  # entropy needs the whole histogram: ONNX Runtime's calibrator
 FULL_FRACTION = 0.25  # a tail this large of a tensor: keep all of its values (small tensors, low percentiles)
 TAIL_MARGIN = 16  # values kept beyond the (100 - p)% share: room for ties and for grids that moved
-# x / s tensors keep this many times a channel's fair share of the tail (at least TAIL_MARGIN x 4): equalization
-# spreads the tail over the channels; a channel holding more than that fails the check and takes a second pass.
+# Stream tensors keep this many times a channel's fair share of the tail (at least 4 x TAIL_MARGIN): equalization
+# spreads their tail over the channels; a channel holding more fails the check and takes a second pass. The other
+# x / s tensors (pwconv2 outputs, not equalized: their tails sit in a few channels) keep the whole tail per channel.
 CHANNEL_SHARE = 32
 TAIL_BUDGET = 1 << 30  # bytes of per-channel tails in one pass; beyond (a huge --calib-size): a second pass
 
@@ -291,10 +292,11 @@ def _negated(tail: TailValues) -> TailValues:
 
 
 class _TensorStatistics:
-    """One tensor over the pass: per-chunk extremes and tails, per channel for an ``x / s`` tensor (``stage``)."""
+    """One tensor over the pass: per-chunk extremes and tails, per channel for an ``x / s`` tensor (``stage``);
+    ``equalized``: a stream tensor, whose channels share the tail."""
 
-    def __init__(self, method: CalibrationMethod, stage: int | None) -> None:
-        self.method, self.stage = method, stage
+    def __init__(self, method: CalibrationMethod, stage: int | None, equalized: bool = False) -> None:
+        self.method, self.stage, self.equalized = method, stage, equalized
         self.lows: list[np.ndarray] = []
         self.highs: list[np.ndarray] = []
         self.chunk: list[np.ndarray] | None = None
@@ -331,7 +333,7 @@ class _TensorStatistics:
         total = value.size // images * total_images
         channels = value.shape[1] if self.scaled else 1
         keep = math.floor(self.cut * total) + TAIL_MARGIN
-        if self.scaled:
+        if self.equalized:
             keep = min(keep, max(CHANNEL_SHARE * math.ceil(keep / channels), 4 * TAIL_MARGIN))
         return math.ceil(total / channels) if keep * channels >= FULL_FRACTION * total else keep
 
@@ -445,7 +447,7 @@ def _collect(model: onnx.ModelProto, tensors: list[str], stages: dict[str, int],
     streams_of = {name: stage for stage, names in streams.items() for name in names}
     session = _session(model, tensors)
     feed = session.get_inputs()[0].name
-    statistics = {name: _TensorStatistics(method, stages.get(name)) for name in tensors}
+    statistics = {name: _TensorStatistics(method, stages.get(name), name in streams_of) for name in tensors}
     peaks: dict[int, np.ndarray] = {}
     total_images, done = sum(len(batch) for batch in batches), 0
     progress(label, 0, total_images)
