@@ -189,10 +189,14 @@ class _Tail:
         self.chunks: list[np.ndarray] = []
         self.size = 0
 
-    def offer(self, oriented: np.ndarray, top: np.ndarray, chunk: int) -> None:
+    def offer(self, value: np.ndarray, sign: int, top: np.ndarray, chunk: int) -> None:
+        """The values of a batch that reach the floor; ``sign`` -1: the tail of -x (the low end), read from x."""
         if float(top.max()) >= self.floor:
-            flat = oriented.reshape(-1)
-            chosen = flat[flat >= self.floor] if math.isfinite(self.floor) else self._first(flat)
+            flat = value.reshape(-1)
+            if not math.isfinite(self.floor):
+                chosen = self._first(flat if sign > 0 else -flat)
+            else:
+                chosen = flat[flat >= self.floor] if sign > 0 else -flat[flat <= -self.floor]
             self.values.append(chosen)
             self.chunks.append(np.full(len(chosen), chunk, np.int32))
             self.size += len(chosen)
@@ -231,7 +235,7 @@ class _ChannelTail:
     within a channel, so they hold the largest values of ``x / s`` over all channels, whatever ``s`` (> 0) is.
 
     A batch's values above their channel's floor wait in ``pending``; they are merged into ``top`` (and the
-    floors raised) once they outnumber it, so the merge costs about as much as the values it takes in."""
+    floors raised) once they outnumber it twice, so the merges cost about as much as the values they take in."""
 
     def __init__(self, keep: int, channels: int) -> None:
         self.top = np.full((channels, keep), -np.inf, np.float32)
@@ -241,17 +245,19 @@ class _ChannelTail:
         self.pending_size = 0
         self.seen = 0  # values per channel so far
 
-    def offer(self, oriented: np.ndarray, top: np.ndarray, chunk: int) -> None:
+    def offer(self, value: np.ndarray, sign: int, top: np.ndarray, chunk: int) -> None:
+        """The values of a batch that reach their channel's floor; ``sign`` -1: the tail of -x, read from x."""
         channels = len(self.floor)
-        self.seen += oriented.size // channels
+        self.seen += value.size // channels
         if not (top > self.floor).any():
             return
-        shaped = oriented.reshape(oriented.shape[0], channels, -1)
-        index = np.flatnonzero(shaped > self.floor[None, :, None])
-        self.pending.append(((index // shaped.shape[2] % channels).astype(np.int32), shaped.reshape(-1)[index],
+        shaped = value.reshape(value.shape[0], channels, -1)
+        index = np.flatnonzero(shaped > self.floor[None, :, None] if sign > 0 else shaped < -self.floor[None, :, None])
+        chosen = shaped.reshape(-1)[index]
+        self.pending.append(((index // shaped.shape[2] % channels).astype(np.int32), chosen if sign > 0 else -chosen,
                              np.full(len(index), chunk, np.int32)))
         self.pending_size += len(index)
-        if self.pending_size > self.top.size:
+        if self.pending_size > 2 * self.top.size:
             self._merge()
 
     def _merge(self) -> None:
@@ -360,10 +366,10 @@ class _TensorStatistics:
             keep = self._keep(value, images, total_images)
             for side in ("abs",) if symmetric else ("high", "low"):
                 self.tails[side] = _ChannelTail(keep, value.shape[1]) if self.scaled else _Tail(keep)
-        sides = {"abs": (absolute, np.maximum(-low, high))} if symmetric else {
-            "high": (value, high), "low": (-value, -low)}
-        for side, (oriented, top) in sides.items():
-            self.tails[side].offer(oriented, top, chunk)
+        sides = {"abs": (absolute, 1, np.maximum(-low, high))} if symmetric else {
+            "high": (value, 1, high), "low": (value, -1, -low)}
+        for side, (values, sign, top) in sides.items():
+            self.tails[side].offer(values, sign, top, chunk)
 
     def _keep_below_first(self, absolute: np.ndarray) -> None:
         """Keep the |x| of later chunks below their channel's min |x| in the first chunk: ONNX Runtime's absolute
