@@ -194,3 +194,21 @@ def test_installed_console_script_exports_the_default_set(tmp_path):
     int8_rows = [r for r in report["rows"] if r["precision"] == "int8"]
     int8_skipped = [s for s in report["skipped"] if s["artifact"] == "convnext_atto-int8"]
     assert bool(int8_rows) != bool(int8_skipped)  # INT8 is benchmarked once the exporter makes it, else says why
+
+
+def test_cold_start_and_accuracy_runs_report_progress(artifacts, shared_data):
+    from convnext_export.bench import BenchRequest, TimingPlan
+    from convnext_export.bench.runner import Bench
+
+    events: dict[str, list[tuple[int, int]]] = {}
+    request = BenchRequest(artifacts=(artifacts["int8"],), backends=("torch", "onnxruntime"), batches=(1,), threads=1,
+                           plan=TimingPlan(warmup=1, iters=2, min_time=0.0, block=1),
+                           data=shared_data / "cifar10" / "test", limit=40, seed=0, profile_dir=None,
+                           cold_start=True, cuda_graph=False)
+    Bench(request, progress=lambda label, done, total: events.setdefault(label, []).append((done, total))).run()
+    assert events["cold start + memory (a process each)"][-1] == (2, 2)
+    accuracy = [label for label in events if label.startswith("accuracy and drift: ")]
+    assert len(accuracy) == 2  # eager and ONNX Runtime, image by image up to all 40
+    for label in accuracy:
+        assert [done for done, _ in events[label]] == sorted(done for done, _ in events[label])
+        assert events[label][-1] == (40, 40)

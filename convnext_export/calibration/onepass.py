@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,7 +145,8 @@ def absolute_grid(first_low: np.float32, chunk_highs: Sequence[np.float32], bins
 
 @dataclass(frozen=True)
 class TailValues:
-    """Every value of a tensor above ``bound`` (``above``) or below it (``below``), with the chunk of each."""
+    """The kept values of one end of a tensor, with the chunk of each: at the high end every value above
+    ``bound``; at the low end (values negated back) every value below it."""
 
     values: np.ndarray
     chunks: np.ndarray
@@ -456,23 +458,35 @@ def _collect(model: onnx.ModelProto, tensors: list[str], stages: dict[str, int],
     statistics = {name: _TensorStatistics(method, stages.get(name), name in streams_of) for name in tensors}
     peaks: dict[int, np.ndarray] = {}
     total_images, done = sum(len(batch) for batch in batches), 0
+
+    def digest(outputs: dict[str, np.ndarray], images: int, first: bool, ends_chunk: bool) -> None:
+        if first:
+            _check_tail_budget(statistics, outputs, images, total_images)
+        for name, value in outputs.items():
+            item = statistics[name]
+            extremes = item.extremes(value)
+            if name in streams_of:
+                peak, stage = np.maximum(-extremes[0], extremes[1]), streams_of[name]
+                peaks[stage] = peak if stage not in peaks else np.maximum(peaks[stage], peak)
+            item.observe(name, value, extremes, images, total_images)
+        if ends_chunk:
+            for item in statistics.values():
+                item.end_chunk()
+
     progress(label, 0, total_images)
-    for chunk in _chunks(batches):  # ONNX Runtime's calibrator took one chunk per collect_data call
-        for batch in chunk:
-            outputs = dict(zip(tensors, session.run(tensors, {feed: batch})))
-            if done == 0:
-                _check_tail_budget(statistics, outputs, len(batch), total_images)
-            for name, value in outputs.items():
-                item = statistics[name]
-                extremes = item.extremes(value)
-                if name in streams_of:
-                    peak, stage = np.maximum(-extremes[0], extremes[1]), streams_of[name]
-                    peaks[stage] = peak if stage not in peaks else np.maximum(peaks[stage], peak)
-                item.observe(name, value, extremes, len(batch), total_images)
-            done += len(batch)
-            progress(label, done, total_images)
-        for item in statistics.values():
-            item.end_chunk()
+    # ONNX Runtime runs a batch while one thread digests the previous one's outputs (numpy, one core).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibration") as worker:
+        digesting = None
+        for chunk in _chunks(batches):  # ONNX Runtime's calibrator took one chunk per collect_data call
+            for index, batch in enumerate(chunk):
+                outputs = dict(zip(tensors, session.run(tensors, {feed: batch})))
+                if digesting is not None:
+                    digesting.result()
+                digesting = worker.submit(digest, outputs, len(batch), done == 0, index == len(chunk) - 1)
+                done += len(batch)
+                progress(label, done, total_images)
+        if digesting is not None:
+            digesting.result()
     if done == 0:
         raise InputError("no calibration images to collect ranges from")
     return statistics, peaks
