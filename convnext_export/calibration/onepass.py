@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -474,19 +473,12 @@ def _collect(model: onnx.ModelProto, tensors: list[str], stages: dict[str, int],
                 item.end_chunk()
 
     progress(label, 0, total_images)
-    # ONNX Runtime runs a batch while one thread digests the previous one's outputs (numpy, one core).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibration") as worker:
-        digesting = None
-        for chunk in _chunks(batches):  # ONNX Runtime's calibrator took one chunk per collect_data call
-            for index, batch in enumerate(chunk):
-                outputs = dict(zip(tensors, session.run(tensors, {feed: batch})))
-                if digesting is not None:
-                    digesting.result()
-                digesting = worker.submit(digest, outputs, len(batch), done == 0, index == len(chunk) - 1)
-                done += len(batch)
-                progress(label, done, total_images)
-        if digesting is not None:
-            digesting.result()
+    for chunk in _chunks(batches):  # ONNX Runtime's calibrator took one chunk per collect_data call
+        for index, batch in enumerate(chunk):
+            outputs = dict(zip(tensors, session.run(tensors, {feed: batch})))
+            digest(outputs, len(batch), done == 0, index == len(chunk) - 1)
+            done += len(batch)
+            progress(label, done, total_images)
     if done == 0:
         raise InputError("no calibration images to collect ranges from")
     return statistics, peaks
