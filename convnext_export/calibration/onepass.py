@@ -231,6 +231,21 @@ class _Tail:
         return TailValues(values, chunks, bound)
 
 
+_CHUNK_BITS = np.uint64((1 << 29) - 1)  # the float64 mantissa bits a float32 value leaves zero
+
+
+def _pack(values: np.ndarray, chunk: int) -> np.ndarray:
+    """float32 values as float64 keys that carry their chunk in the mantissa bits a float32 leaves zero: the keys
+    sort as the values do (a chunk moves a key by less than the gap to the next float32), so one partition
+    moves values and chunks together."""
+    return (values.astype(np.float64).view(np.uint64) | np.uint64(chunk)).view(np.float64)
+
+
+def _unpack(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bits = keys.view(np.uint64)
+    return (bits & ~_CHUNK_BITS).view(np.float64).astype(np.float32), (bits & _CHUNK_BITS).astype(np.int32)
+
+
 class _ChannelTail:
     """The ``keep`` largest values of every channel of one side of an ``x / s`` tensor: ``x / s`` keeps the order
     within a channel, so they hold the largest values of ``x / s`` over all channels, whatever ``s`` (> 0) is.
@@ -239,10 +254,9 @@ class _ChannelTail:
     floors raised) once they outnumber it twice, so the merges cost about as much as the values they take in."""
 
     def __init__(self, keep: int, channels: int) -> None:
-        self.top = np.full((channels, keep), -np.inf, np.float32)
-        self.chunks = np.zeros((channels, keep), np.int32)
+        self.top = np.full((channels, keep), -np.inf)  # ``_pack`` keys; -inf: no value yet
         self.floor = np.full(channels, -np.inf, np.float32)  # no value of the channel left out exceeds it
-        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (channel, value, chunk)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (channel, key)
         self.pending_size = 0
         self.seen = 0  # values per channel so far
 
@@ -255,8 +269,8 @@ class _ChannelTail:
         shaped = value.reshape(value.shape[0], channels, -1)
         index = np.flatnonzero(shaped > self.floor[None, :, None] if sign > 0 else shaped < -self.floor[None, :, None])
         chosen = shaped.reshape(-1)[index]
-        self.pending.append(((index // shaped.shape[2] % channels).astype(np.int32), chosen if sign > 0 else -chosen,
-                             np.full(len(index), chunk, np.int32)))
+        self.pending.append(((index // shaped.shape[2] % channels).astype(np.int32),
+                             _pack(chosen if sign > 0 else -chosen, chunk)))
         self.pending_size += len(index)
         if self.pending_size > 2 * self.top.size:
             self._merge()
@@ -264,29 +278,25 @@ class _ChannelTail:
     def _merge(self) -> None:
         if not self.pending:
             return
-        rows, values, chunks = (np.concatenate(parts) for parts in zip(*self.pending))
+        rows, keys = (np.concatenate(parts) for parts in zip(*self.pending))
         self.pending, self.pending_size = [], 0
         order = np.argsort(rows, kind="stable")
-        rows, values, chunks = rows[order], values[order], chunks[order]
+        rows, keys = rows[order], keys[order]
         counts = np.bincount(rows, minlength=len(self.floor))
         position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        new = np.full((len(self.floor), int(counts.max())), -np.inf, np.float32)
-        new_chunks = np.zeros(new.shape, np.int32)
-        new[rows, position], new_chunks[rows, position] = values, chunks
-        merged = np.concatenate([self.top, new], axis=1)
-        cut = new.shape[1]
-        order = np.argpartition(merged, cut, axis=1)[:, cut:]
-        self.top = np.take_along_axis(merged, order, axis=1)
-        self.chunks = np.take_along_axis(np.concatenate([self.chunks, new_chunks], axis=1), order, axis=1)
-        self.floor = self.top.min(axis=1)
+        new = np.full((len(self.floor), int(counts.max())), -np.inf)
+        new[rows, position] = keys
+        self.top = np.partition(np.concatenate([self.top, new], axis=1), new.shape[1], axis=1)[:, new.shape[1]:]
+        self.floor = _unpack(self.top.min(axis=1))[0]
 
     def final(self, scale: np.ndarray) -> TailValues:
         """Every value of ``x / scale`` above the bound; all others are at most the bound."""
         self._merge()
         scale = np.asarray(scale, np.float64)
-        values = (self.top / scale[:, None]).astype(np.float32)
+        values, chunks = _unpack(self.top)
+        values = (values / scale[:, None]).astype(np.float32)
         real = np.isfinite(values)
-        values, chunks = values[real], self.chunks[real]
+        values, chunks = values[real], chunks[real]
         if self.seen <= self.top.shape[1]:  # every value is here
             return TailValues(values, chunks, -math.inf)
         bound = float((self.floor / scale).astype(np.float32).max())
