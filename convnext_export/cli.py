@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -25,6 +24,7 @@ from .options import (EXIT_CODES_EPILOG, CommandError, float_triple, json_option
                       seed_option, threads_option, write_json)
 from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
 from .preprocess import INTERPOLATIONS
+from .progress import ProgressBars
 from .tensorrt.build import EngineBuildSettings, parse_workspace
 from .tensorrt.profiles import DEFAULT_MAX_BATCH, batch_profile
 
@@ -146,8 +146,8 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
         precision="int8" if int8 else "fp16" if fp16 else "fp32", target=target, int8=int8_options, fp16_io=fp16_io,
         engine=engine,
     )
-    with console.status("exporting", spinner="dots") if not quiet else nullcontext():
-        result = export_artifact(request, log=lambda message: console.log(escape(message)))
+    with ProgressBars(console, disabled=quiet or json_path == "-") as progress:
+        result = export_artifact(request, log=lambda message: console.log(escape(message)), progress=progress)
     print_export_summary(console, result)
     write_json(json_path, export_summary(result))
 
@@ -394,7 +394,7 @@ def bench_command(artifact_dirs, size, image_size, weights, work, backends, batc
         report = load_report(from_json, SCHEMA, "--from-json")
         report.pop("gate", None)
     else:
-        with _bench_progress(console, quiet) as progress:
+        with ProgressBars(console, disabled=quiet or "-" in (json_path, markdown_path)) as progress:
             defaults = DefaultSet(size or (None if weights else "tiny"), image_size, weights, seed, work)
             report = run_benchmark(request, defaults,
                                    log=lambda message: console.log(escape(message)), progress=progress)
@@ -406,30 +406,6 @@ def bench_command(artifact_dirs, size, image_size, weights, work, backends, batc
     _bench_outputs(report, console, json_path, markdown_path, plot_path)
     if baseline_report is not None:
         _bench_verdict(report["gate"], console)
-
-
-class _bench_progress:
-    """A rich progress bar per stage of the benchmark, as a ``progress(label, done, total)`` callback."""
-
-    def __init__(self, console: Console, quiet: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=console, transient=True, disable=quiet)
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, label: str, done: int, total: int) -> None:
-        if label not in self.tasks:
-            self.tasks[label] = self.bar.add_task(label, total=total)
-        self.bar.update(self.tasks[label], completed=done, total=max(total, done))
-
-    def __enter__(self) -> "_bench_progress":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.bar.__exit__(*exc)
-        return False
 
 
 def _bench_outputs(report: dict, console: Console, json_path, markdown_path, plot_path) -> None:

@@ -29,6 +29,7 @@ from .fusion import FUSIONS, fuse_model
 from .memory import check_export_memory
 from .model import ConvNeXt, build_model
 from .preprocess import Preprocessing, torchvision_preprocessing
+from .progress import ProgressCallback, no_progress
 from .tensorrt.build import EngineBuildSettings
 
 DRIFT_SAMPLES = 4
@@ -208,16 +209,21 @@ def validate_request(request: ExportRequest) -> None:
 
 
 def eager_runner(model: ConvNeXt, batch_size: int = 16):
-    """float32 images -> eager FP32 logits, in chunks (the reference every precision is compared with)."""
-    def run(images: np.ndarray) -> np.ndarray:
+    """float32 images -> eager FP32 logits, in chunks (the reference every precision is compared with);
+    ``progress(done, total)`` gets the images done after each chunk."""
+    def run(images: np.ndarray, progress=lambda done, total: None) -> np.ndarray:
+        outputs = []
+        progress(0, len(images))
         with torch.inference_mode():
-            return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy()
-                                   for i in range(0, len(images), batch_size)])
+            for i in range(0, len(images), batch_size):
+                outputs.append(model(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy())
+                progress(min(i + batch_size, len(images)), len(images))
+        return np.concatenate(outputs)
     return run
 
 
 def apply_precision(request: ExportRequest, reference: ReferenceModel, fp32_path: Path, staging: Path, out: Path,
-                    kept_layer_scale: set[str], log) -> tuple[dict, dict]:
+                    kept_layer_scale: set[str], log, progress: ProgressCallback = no_progress) -> tuple[dict, dict]:
     """The precision step on the checked FP32 graph: writes ``staging/model.onnx``; returns (drift, manifest extra)."""
     model_path = staging / "model.onnx"
     eager = eager_runner(reference.model)
@@ -227,7 +233,7 @@ def apply_precision(request: ExportRequest, reference: ReferenceModel, fp32_path
         previous = out / CACHE_FILE if request.force and (out / CACHE_FILE).is_file() else None
         result = build_int8(fp32_path, model_path, eager, reference.preprocessing, request.batch, request.int8,
                             request.target, tool_versions(), previous_cache=previous, cache_out=staging / CACHE_FILE,
-                            log=log)
+                            log=log, progress=progress)
         return result.drift, result.report
     from .fp16 import build_fp16
 
@@ -237,10 +243,12 @@ def apply_precision(request: ExportRequest, reference: ReferenceModel, fp32_path
     return drift, result.report
 
 
-def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportResult:
+def export_artifact(request: ExportRequest, log=lambda message: None,
+                    progress: ProgressCallback = no_progress) -> ExportResult:
     """Build, fuse, export and check one artifact; nothing is left on disk if any step fails.
 
-    With ``request.engine`` the GPU and TensorRT are checked first, before any slow step.
+    With ``request.engine`` the GPU and TensorRT are checked first, before any slow step. ``progress``
+    gets (label, done, total) of the long steps (torch.onnx export, calibration, validation runs).
     """
     validate_request(request)
     runtime = None
@@ -273,9 +281,11 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
         log(f"exporting {reference.config.name} (opset {request.opset}, "
             f"{'static batch ' + str(request.batch) if request.batch else 'dynamic batch'})")
         fp32_path = staging / "model.onnx" if request.precision == "fp32" else Path(work) / "fp32.onnx"
+        progress("FP32 ONNX export (torch.onnx)", 0, 1)
         exported = export_onnx(graph_model, fp32_path, reference.preprocessing.image_size,
                                opset=request.opset, batch=request.batch,
                                metadata=onnx_metadata(reference, fusions, "fp32"))
+        progress("FP32 ONNX export (torch.onnx)", 1, 1)
         images = drift_inputs(reference.preprocessing, request.batch or DRIFT_SAMPLES, request.seed + 1)
         with torch.inference_mode():
             eager = reference.model(torch.from_numpy(images)).numpy()
@@ -289,7 +299,7 @@ def export_artifact(request: ExportRequest, log=lambda message: None) -> ExportR
         if request.precision != "fp32":
             extra["fp32_drift"] = drift
             drift, extra_precision = apply_precision(request, reference, exported.path, staging, out,
-                                                     kept_layer_scale, log)
+                                                     kept_layer_scale, log, progress)
             real = extra_precision.get("calibration", {}).get("kind", "synthetic") != "synthetic"  # INT8 hold-out
             drift = {**drift, "meaning": drift_meaning(weights_kind, "real" if real else "synthetic", drift["samples"])}
             extra.update(extra_precision)

@@ -294,3 +294,21 @@ def test_a_damaged_manifest_says_how_to_re_export(damage, words, artifacts, tmp_
     for word in words:
         assert word.format(dir=damaged, weights=manifest["weights"]["path"]) in message, message
     assert "Traceback" not in result.output
+
+
+def test_cold_start_and_accuracy_runs_report_progress(artifacts, shared_data):
+    from convnext_export.bench import BenchRequest, TimingPlan
+    from convnext_export.bench.runner import Bench
+
+    events: dict[str, list[tuple[int, int]]] = {}
+    request = BenchRequest(artifacts=(artifacts["int8"],), backends=("torch", "onnxruntime"), batches=(1,), threads=1,
+                           plan=TimingPlan(warmup=1, iters=2, min_time=0.0, block=1),
+                           data=shared_data / "cifar10" / "test", limit=40, seed=0, profile_dir=None,
+                           cold_start=True, cuda_graph=False)
+    Bench(request, progress=lambda label, done, total: events.setdefault(label, []).append((done, total))).run()
+    assert events["cold start + memory (a process each)"][-1] == (2, 2)
+    accuracy = [label for label in events if label.startswith("accuracy and drift: ")]
+    assert len(accuracy) == 2  # eager and ONNX Runtime, image by image up to all 40
+    for label in accuracy:
+        assert [done for done, _ in events[label]] == sorted(done for done, _ in events[label])
+        assert events[label][-1] == (40, 40)

@@ -337,3 +337,30 @@ def test_unresolvable_budget_is_a_usage_error_before_any_calibration(tmp_path):
     assert result.exit_code == 2, result.output
     assert "--max-drift 0.9999 on 8 hold-out images" in result.output and "--holdout 50000" in result.output
     assert "calibrating (" not in result.output and not out.exists()
+
+
+def test_progress_reports_calibration_and_holdout_up_to_their_totals(graph, tmp_path):
+    events: dict[str, list[tuple[int, int]]] = {}
+    build_int8(graph["path"], tmp_path / "model.onnx", graph["eager"], PRE, None, Int8Options(calib_size=48), "cpu",
+               tool_versions(), progress=lambda label, done, total: events.setdefault(label, []).append((done, total)))
+    calibrated, held = 48 - holdout_count(48), holdout_count(48)
+    calibration = events["calibration: percentile ranges + stream scales"]
+    assert len(calibration) > 2  # reported batch by batch, not only at the start and the end
+    assert [done for done, _ in calibration] == sorted(done for done, _ in calibration)
+    assert {total for _, total in calibration} == {calibrated} and calibration[-1][0] == calibrated
+    for label in ("hold-out: eager FP32 reference", "hold-out: INT8 (ONNX Runtime)"):
+        assert events[label][-1] == (held, held)
+
+
+@pytest.mark.parametrize("quieting", [(), ("--quiet",), ("--json", "-")], ids=["shown", "quiet", "json-stdout"])
+def test_progress_bars_only_without_quiet_or_json_on_stdout(tmp_path, quieting):
+    """The console is forced to behave like a terminal, where rich draws its bars; --quiet and --json - hide them."""
+    args = ["--size", "atto", "--image-size", "32", "--num-classes", "10", "--int8", "--calib-size", "24",
+            "--out", str(tmp_path / "int8"), *quieting]
+    result = CliRunner().invoke(export_command, args, catch_exceptions=False,
+                                env={"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    shown = "calibration: percentile ranges" in result.output
+    assert shown == (not quieting), result.output
+    if quieting == ("--json", "-"):
+        assert json.loads(result.stdout)["manifest"]["precision"] == "int8"

@@ -146,8 +146,8 @@ def _saturating_host(monkeypatch, broken: bool = False):
         if kernels == "simulated":
             return simulated
         if broken:
-            return lambda model, images: -simulated(model, images)
-        return lambda model, images: simulated(emulate_saturating_kernels(model), images)
+            return lambda model, images, **kwargs: -simulated(model, images)
+        return lambda model, images, **kwargs: simulated(emulate_saturating_kernels(model), images)
 
     monkeypatch.setattr(int8_step, "onnxruntime_runner", runner)
 

@@ -31,7 +31,7 @@ def run_benchmark(request: BenchRequest, defaults: DefaultSet, log: Callable[[st
         return Bench(request, log, progress).run()
     with tempfile.TemporaryDirectory(prefix="convnext-bench-") as scratch:
         directories, skipped = export_default_set(defaults.size, defaults.image_size, defaults.weights, defaults.seed,
-                                                  defaults.work or Path(scratch), log)
+                                                  defaults.work or Path(scratch), log, progress)
         report = Bench(dataclasses.replace(request, artifacts=tuple(directories)), log, progress).run()
     report["skipped"] = skipped + report["skipped"]
     return report
@@ -40,7 +40,9 @@ DEFAULT_PRECISIONS = ("fp32", "int8")
 
 
 def export_default_set(size: str | None, image_size: int | None, weights: Path | None, seed: int, work: Path,
-                       log: Callable[[str], None] = lambda m: None) -> tuple[list[Path], list[dict]]:
+                       log: Callable[[str], None] = lambda m: None,
+                       progress: Callable[[str, int, int], None] = lambda label, done, total: None
+                       ) -> tuple[list[Path], list[dict]]:
     """Export FP32 and INT8 (when this version can) into ``work``; return the directories and what was skipped.
 
     FP32 must succeed; a precision the exporter refuses (e.g. INT8 before it exists) becomes a
@@ -53,7 +55,7 @@ def export_default_set(size: str | None, image_size: int | None, weights: Path |
                                 out=work / f"convnext_{size or Path(weights).stem}-{precision}", force=True)
         log(f"exporting {size or 'model'} {precision.upper()} into {request.out}")
         try:
-            result = export_artifact(request, log=log)
+            result = export_artifact(request, log=log, progress=progress)
         except ConvNeXtExportError as error:
             if precision == "fp32":
                 raise

@@ -383,9 +383,12 @@ class Bench:
             meaning = drift_meaning(reference.artifact.weights.to_dict()["kind"],
                                     "synthetic" if self.request.data is None else "real", len(images))
             for subject in [eager] + [s for s in group if s is not eager]:
+                label = (f"{'accuracy and drift' if labels is not None else 'drift'}: {subject.spec.name} on "
+                         f"{subject.artifact.name if subject.artifact else reference.model_label}")
                 try:
                     subject.outputs = run_in_batches(subject.runner.run, images,
-                                                     subject.artifact.batch if subject.artifact else None)
+                                                     subject.artifact.batch if subject.artifact else None,
+                                                     lambda done, total, label=label: self.progress(label, done, total))
                 except Exception as error:  # noqa: BLE001 - a backend's failure is reported, not a crash
                     if subject is eager:  # the reference failing is a bug, not a result
                         raise
@@ -477,8 +480,10 @@ def _kernel_summary(check: dict | None) -> dict | None:
             "top1_agreement": {name: run["top1_agreement"] for name, run in check["runs"].items()}}
 
 
-def run_in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, static_batch: int | None) -> np.ndarray:
-    """Logits for all images, in chunks; a static-batch model gets its last chunk zero-padded."""
+def run_in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, static_batch: int | None,
+                   progress: Callable[[int, int], None] = lambda done, total: None) -> np.ndarray:
+    """Logits for all images, in chunks; a static-batch model gets its last chunk zero-padded;
+    ``progress(done, total)`` gets the images done after each chunk."""
     size = static_batch or DRIFT_BATCH
     outputs = []
     for start in range(0, len(images), size):
@@ -487,6 +492,7 @@ def run_in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
         if static_batch and count < static_batch:
             chunk = np.concatenate([chunk, np.zeros((static_batch - count, *chunk.shape[1:]), chunk.dtype)])
         outputs.append(np.asarray(run(chunk))[:count])
+        progress(start + count, len(images))
     return np.concatenate(outputs)
 
 

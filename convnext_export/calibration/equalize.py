@@ -91,17 +91,39 @@ class _Initializers:
         return numpy_helper.to_array(self.by_name[name]).astype(np.float64)
 
 
-def stream_scales(model: onnx.ModelProto, batches: Iterable[np.ndarray]) -> dict[int, np.ndarray]:
-    """Stage -> per-channel scale that gives every channel of its residual stream the same calibration maximum."""
+def stage_streams(model: onnx.ModelProto) -> dict[int, list[str]]:
+    """Stage -> its residual-stream tensors, for the fused ConvNeXt graph (4 stages) only."""
     streams = _stage_streams(model)
     if sorted(streams) != [0, 1, 2, 3]:
         raise ConvNeXtExportError("residual-stream equalization expects the fused ConvNeXt graph (4 stages)")
-    maxima = channel_maxima(model, [t for ts in streams.values() for t in ts], batches)
+    return streams
+
+
+def scaled_tensors(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor -> stage, for every tensor that ``apply_stream_scales`` turns into ``x / s`` (the stage's stream and
+    the pwconv2 outputs that feed it); every other tensor keeps its value."""
+    scaled = {tensor: stage for stage, tensors in stage_streams(model).items() for tensor in tensors}
+    for node in model.graph.node:
+        match = re.fullmatch(r"stages\.(\d+)\.\d+\.pwconv2/Conv", node.name)
+        if match:
+            scaled[node.output[0]] = int(match.group(1))
+    return scaled
+
+
+def scales_from_peaks(peaks: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Stage -> per-channel scale from the per-channel max |x| over the stage's stream (floored at 1% of the largest)."""
     scales = {}
-    for stage, tensors in streams.items():
-        peak = np.max([maxima[t] for t in tensors], axis=0).astype(np.float64)
+    for stage, peak in peaks.items():
+        peak = np.asarray(peak, np.float64)
         scales[stage] = np.maximum(peak, SCALE_FLOOR * peak.max()) / max(peak.max(), 1e-30)
     return scales
+
+
+def stream_scales(model: onnx.ModelProto, batches: Iterable[np.ndarray]) -> dict[int, np.ndarray]:
+    """Stage -> per-channel scale that gives every channel of its residual stream the same calibration maximum."""
+    streams = stage_streams(model)
+    maxima = channel_maxima(model, [t for ts in streams.values() for t in ts], batches)
+    return scales_from_peaks({stage: np.max([maxima[t] for t in tensors], axis=0) for stage, tensors in streams.items()})
 
 
 def apply_stream_scales(model: onnx.ModelProto, scales: dict[int, np.ndarray], check_images: np.ndarray

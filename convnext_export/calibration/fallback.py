@@ -20,6 +20,7 @@ import onnx
 
 from ..drift import topk_agreement
 from ..errors import ConvNeXtExportError, InputError
+from ..progress import ProgressCallback, no_progress
 from .recipe import QuantPlan
 
 RunModel = Callable[[onnx.ModelProto, np.ndarray], np.ndarray]
@@ -88,35 +89,48 @@ def float_mac_fraction(plan: QuantPlan, macs: dict[str, int]) -> float:
     return sum(m for name, m in macs.items() if name not in plan.classes) / max(total, 1)
 
 
+SENSITIVITY_LABEL = "fallback: sensitivity of each unit"
+
+
 def unit_sensitivity(quantize: Quantize, plan: QuantPlan, holdout: np.ndarray, reference: np.ndarray,
-                     run_model: RunModel, log: Callable[[str], None]) -> dict[str, float]:
+                     run_model: RunModel, log: Callable[[str], None],
+                     progress: ProgressCallback = no_progress) -> dict[str, float]:
     """Unit -> relative logits error with only that unit in INT8."""
     units = plan.units()
     scores = {}
+    progress(SENSITIVITY_LABEL, 0, len(units))
     for index, (unit, nodes) in enumerate(units.items(), 1):
         keep = set(nodes)
         only = plan.without(n for n in plan.classes if n not in keep)
         scores[unit] = relative_error(run_model(quantize(only), holdout), reference)
-        log(f"sensitivity {index}/{len(units)}: {unit} {scores[unit]:.2e}")
+        progress(SENSITIVITY_LABEL, index, len(units))
+    worst = sorted(scores, key=scores.get, reverse=True)[:3]
+    log(f"sensitivity of {len(units)} units (relative logits error, that unit alone in INT8); most harmful: "
+        + ", ".join(f"{unit} {scores[unit]:.2e}" for unit in worst))
     return scores
 
 
 def fall_back_until(fp32: onnx.ModelProto, quantize: Quantize, plan: QuantPlan, holdout: np.ndarray,
                     reference: np.ndarray, budget: float, run_model: RunModel,
-                    log: Callable[[str], None] = lambda message: None) -> FallbackResult:
+                    log: Callable[[str], None] = lambda message: None,
+                    progress: ProgressCallback = no_progress) -> FallbackResult:
     """The plan with the fewest most-harmful units moved to float whose top-1 agreement is >= ``budget``."""
-    scores = unit_sensitivity(quantize, plan, holdout, reference, run_model, log)
+    scores = unit_sensitivity(quantize, plan, holdout, reference, run_model, log, progress)
     order = sorted(scores, key=scores.get, reverse=True)
     units = plan.units()
     evaluated: dict[int, tuple[float, onnx.ModelProto, np.ndarray]] = {}
+    label = "fallback: bisecting the harm order"
+    steps = 2 + math.ceil(math.log2(max(len(order), 2)))  # at most: all-but-one, none, then the bisection
 
     def evaluate(k: int) -> float:
         if k not in evaluated:
+            progress(label, len(evaluated), steps)
             trial = plan.without(n for unit in order[:k] for n in units[unit])
             model = quantize(trial)
             outputs = run_model(model, holdout)
             evaluated[k] = (topk_agreement(outputs, reference, 1), model, outputs)
             log(f"fallback: {k} unit(s) float -> top-1 agreement {evaluated[k][0]:.2%}")
+            progress(label, len(evaluated), steps)
         return evaluated[k][0]
 
     low, high = 0, len(order) - 1  # all units float is FP32: not an INT8 model
@@ -133,6 +147,7 @@ def fall_back_until(fp32: onnx.ModelProto, quantize: Quantize, plan: QuantPlan, 
         else:
             low = middle + 1
     k = high
+    progress(label, steps, steps)
     final = plan.without(n for unit in order[:k] for n in units[unit])
     _, model, outputs = evaluated[k]
     moved = [{"unit": unit, "sensitivity": scores[unit], "nodes": units[unit]} for unit in order[:k]]

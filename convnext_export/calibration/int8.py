@@ -15,12 +15,14 @@ from ..drift import drift_metrics
 from ..errors import InputError
 from ..isa import ISA_CHOICES, detect_host, resolve_isa
 from ..preprocess import Preprocessing
+from ..progress import ProgressCallback, no_progress
 from .cache import CACHE_FILE, CacheKey, Calibration, calibration_cache_key, read_cache, write_cache
 from .data import (DEFAULT_CALIB_SIZE, DEFAULT_HOLDOUT, CalibrationData, fixed_batches, holdout_description,
                    load_calibration_data, resolvable_loss)
 from .equalize import EQUALIZATION, apply_stream_scales, scales_report, stream_scales
 from .fallback import check_holdout_resolution, fall_back_until, float_mac_fraction, layer_macs
 from .graph import graph_fingerprint, name_nodes_by_module
+from .onepass import ONE_PASS_METHODS, equalize_and_calibrate
 from .quantize import quantize_with_plan
 from .ranges import DEFAULT_PERCENTILE, CalibrationMethod, calibration_batch_size, collect_ranges
 from .overflow import reduce_weight_range
@@ -96,20 +98,22 @@ class Int8Result:
     report: dict = field(default_factory=dict)  # manifest extra: calibration, quantized
 
 
-def onnxruntime_runner(batch: int | None, kernels: str = "integer") -> Callable[[onnx.ModelProto, np.ndarray], np.ndarray]:
-    """Run a model proto over images with ONNX Runtime (the backend's session options): its first output.
-    ``kernels="simulated"`` turns graph optimizations off: Q/DQ run as written around float ops, no integer kernel."""
+def onnxruntime_runner(batch: int | None, kernels: str = "integer") -> Callable[..., np.ndarray]:
+    """Run a model proto over images with ONNX Runtime (the backend's session options): its first output;
+    ``progress(done, total)`` gets the images done after each batch. ``kernels="simulated"`` turns graph
+    optimizations off: Q/DQ run as written around float ops, no integer kernel."""
     outputs = onnxruntime_outputs(batch, kernels=kernels)
 
-    def run(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
-        return np.concatenate([chunk[0] for chunk in outputs(model, [model.graph.output[0].name], images)])
+    def run(model: onnx.ModelProto, images: np.ndarray, progress=lambda done, total: None) -> np.ndarray:
+        return np.concatenate([chunk[0] for chunk in outputs(model, [model.graph.output[0].name], images, progress)])
 
     return run
 
 
 def onnxruntime_outputs(batch: int | None, default_batch: int = 16, kernels: str = "integer"):
     """Run a model proto with ONNX Runtime and yield the named outputs batch by batch (static batches padded,
-    the padding dropped); ``kernels`` as in ``onnxruntime_runner``."""
+    the padding dropped); ``kernels`` as in ``onnxruntime_runner``; ``progress(done, total)`` gets the images done
+    after each batch."""
     import onnxruntime
 
     from ..backends.onnxruntime import session_options
@@ -117,7 +121,9 @@ def onnxruntime_outputs(batch: int | None, default_batch: int = 16, kernels: str
     if kernels not in ("integer", "simulated"):
         raise ValueError(f"kernels {kernels!r}: integer or simulated")
 
-    def run(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> Iterator[list[np.ndarray]]:
+    def run(model: onnx.ModelProto, names: list[str], images: np.ndarray,
+            progress=lambda done, total: None) -> Iterator[list[np.ndarray]]:
+        progress(0, len(images))
         options = session_options()
         if kernels == "simulated":
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -125,9 +131,19 @@ def onnxruntime_outputs(batch: int | None, default_batch: int = 16, kernels: str
         feed = session.get_inputs()[0].name
         size = batch or default_batch
         for start, chunk in zip(range(0, len(images), size), fixed_batches(images, size, pad=batch is not None)):
-            yield [output[: min(size, len(images) - start)] for output in session.run(names, {feed: chunk})]
+            outputs = session.run(names, {feed: chunk})
+            progress(min(start + size, len(images)), len(images))
+            yield [output[: min(size, len(images) - start)] for output in outputs]
 
     return run
+
+
+def reporting(run: Callable[..., np.ndarray], label: str, progress: ProgressCallback) -> Callable[..., np.ndarray]:
+    """``run`` (an ONNX Runtime or eager runner) reporting its images done to ``progress`` under ``label``."""
+    def reported(*args):
+        return run(*args, progress=lambda done, total: progress(label, done, total))
+
+    return reported
 
 
 def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
@@ -153,28 +169,21 @@ def cached_calibration(key: CacheKey, candidates, log: Callable[[str], None]) ->
 
 
 def calibrate(model: onnx.ModelProto, data: CalibrationData, method: CalibrationMethod, batch_size: int, pad: bool,
-              log: Callable[[str], None]) -> dict[str, tuple[float, float]]:
-    """Collect ranges on the calibration images, reporting progress at each quarter."""
+              progress: ProgressCallback = no_progress) -> dict[str, tuple[float, float]]:
+    """Ranges from ONNX Runtime's calibrator (the entropy method: it needs every tensor's whole histogram)."""
     total = len(data.images)
-    log(f"calibrating ({method.name}) on {total} {'synthetic' if data.synthetic else 'real'} images")
-    quarters = set()
-
-    def progress(seen: int) -> None:
-        quarter = 4 * seen // total
-        if 0 < quarter < 4 and quarter not in quarters:
-            quarters.add(quarter)
-            log(f"calibrated {seen}/{total} images")
-
     with tempfile.TemporaryDirectory(prefix="convnext-int8-") as work:
         named = Path(work) / "named.onnx"
         onnx.save(model, str(named))
-        return collect_ranges(named, data.batches(batch_size, pad=pad), method, progress)
+        return collect_ranges(named, data.batches(batch_size, pad=pad), method,
+                              lambda seen: progress(f"calibration: {method.name} (ONNX Runtime)", seen, total))
 
 
 def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np.ndarray],
                preprocessing: Preprocessing, batch: int | None, options: Int8Options, target_name: str, versions: dict,
                previous_cache: Path | None = None, cache_out: Path | None = None,
-               log: Callable[[str], None] = lambda message: None) -> Int8Result:
+               log: Callable[[str], None] = lambda message: None, progress: ProgressCallback = no_progress
+               ) -> Int8Result:
     """Quantize the fused FP32 graph at ``fp32_path`` into ``out_path``, checked on the calibration hold-out.
 
     ``previous_cache`` (the cache of the artifact being replaced) and ``options.calib_cache`` are
@@ -199,9 +208,14 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     size = batch or calibration_batch_size(preprocessing.image_size)
     calibration, cache_message = cached_calibration(key, (options.calib_cache, previous_cache), log)
     if calibration is None:
-        scales = stream_scales(model, data.batches(size, pad=batch is not None))
-        model = apply_stream_scales(model, scales, check)
-        ranges = calibrate(model, data, method, size, pad=batch is not None, log=log)
+        log(f"calibrating ({method.name}) on {len(data.images)} {'synthetic' if data.synthetic else 'real'} images")
+        if method.name in ONE_PASS_METHODS:
+            model, scales, ranges = equalize_and_calibrate(model, list(data.batches(size, pad=batch is not None)),
+                                                           method, check, progress, log)
+        else:
+            scales = stream_scales(model, data.batches(size, pad=batch is not None))
+            model = apply_stream_scales(model, scales, check)
+            ranges = calibrate(model, data, method, size, pad=batch is not None, progress=progress)
         calibration = Calibration(ranges, {stage: s.tolist() for stage, s in scales.items()})
         if options.calib_cache is not None:
             write_cache(Path(options.calib_cache), key, calibration)
@@ -228,10 +242,12 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
         quantized = quantize_with_plan(model, ranges, method, chosen)
         return reduce_weight_range(quantized, model) if weight_bits == 7 else quantized
 
+    progress("quantization (ONNX Runtime QDQ)", 0, 1)
     quantized = quantize(plan)
-    run = onnxruntime_runner(batch)
-    simulated = onnxruntime_runner(batch, kernels="simulated")
-    reference = eager(data.holdout)
+    progress("quantization (ONNX Runtime QDQ)", 1, 1)
+    run = reporting(onnxruntime_runner(batch), "hold-out: INT8 (ONNX Runtime)", progress)
+    simulated = reporting(onnxruntime_runner(batch, kernels="simulated"), "hold-out: INT8 simulated Q/DQ", progress)
+    reference = reporting(eager, "hold-out: eager FP32 reference", progress)(data.holdout)
     outputs = run(quantized, data.holdout)
     drift = drift_metrics(outputs, reference)
     macs = layer_macs(model)
@@ -239,7 +255,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     if options.max_drift is not None and drift["top1_agreement"] < options.max_drift:
         log(f"top-1 agreement {drift['top1_agreement']:.2%} on the hold-out misses --max-drift "
             f"{options.max_drift}: measuring per-unit sensitivity")
-        result = fall_back_until(model, quantize, plan, data.holdout, reference, options.max_drift, run, log)
+        result = fall_back_until(model, quantize, plan, data.holdout, reference, options.max_drift,
+                                 onnxruntime_runner(batch), log, progress)
         plan, quantized = result.plan, result.model
         drift = drift_metrics(result.outputs, reference)
         fallback = {"budget_top1_agreement": options.max_drift, "moved": result.moved,
@@ -253,7 +270,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     gelu = {"form": "exact"}
     if options.gelu == "sigmoid":
         log(f"GELU in the sigmoid form; correcting pwconv2 biases on {len(data.images)} calibration images")
-        candidate, report = apply_sigmoid_gelu(quantized, data.images, onnxruntime_outputs(batch))
+        outputs_reported = reporting(onnxruntime_outputs(batch), "--gelu sigmoid: bias correction runs", progress)
+        candidate, report = apply_sigmoid_gelu(quantized, data.images, outputs_reported)
         candidate_drift = drift_metrics(run(candidate, data.holdout), reference)
         if options.max_drift is not None and candidate_drift["top1_agreement"] < options.max_drift:
             log(f"--gelu sigmoid: top-1 agreement {candidate_drift['top1_agreement']:.2%} on the hold-out misses "

@@ -1,0 +1,104 @@
+"""Export time of INT8 against FP32: the same model exported FP32, INT8, FP32 again, in one run, with phases.
+
+    python benchmarks/export_time.py [--size tiny] [--weights W] [--calib-data DIR] [--calib-size N]
+        [--profile FILE] [--markdown benchmarks/results/export_time.md]
+
+The machine is shared and busy, so absolute seconds move from run to run: what counts is the
+ratio INT8 / FP32, the FP32 reference being the mean of the exports just before and after.
+Phases come from the exporter's progress callback (convnext_export/progress.py): a phase runs
+from its label's first report (0 done) to its last; "other" is the rest (model build, fusion,
+the FP32 and equalization checks, range computation, writing). ``--profile`` adds a pyinstrument profile of the INT8 export
+(``pip install pyinstrument``). A library without the progress callback (an older checkout on
+PYTHONPATH) is timed as a whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from convnext_export.calibration.int8 import Int8Options
+from convnext_export.pipeline import ExportRequest, export_artifact
+
+
+class PhaseClock:
+    """A progress callback recording when each label first and last reported (its phase)."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, list[float]] = {}  # label -> [first report, last report]
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        self.spans.setdefault(label, [now, now])[1] = now
+
+    def phases(self, total: float) -> dict[str, float]:
+        phases = {label: end - start for label, (start, end) in self.spans.items()}
+        phases["other"] = total - sum(phases.values())
+        return phases
+
+
+def timed_export(request: ExportRequest, profile: Path | None = None) -> tuple[float, dict[str, float]]:
+    clock = PhaseClock()
+    takes_progress = "progress" in inspect.signature(export_artifact).parameters
+    profiler = None
+    if profile is not None:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.01)
+        profiler.start()
+    started = time.perf_counter()
+    export_artifact(request, progress=clock) if takes_progress else export_artifact(request)
+    seconds = time.perf_counter() - started
+    if profiler is not None:
+        profiler.stop()
+        profile.write_text(profiler.output_text(unicode=False, color=False))
+    return seconds, clock.phases(seconds) if takes_progress else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--calib-data", type=Path, default=None)
+    parser.add_argument("--calib-size", type=int, default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="write a pyinstrument profile of the INT8 export")
+    parser.add_argument("--markdown", type=Path, default=None, help="append the result to this Markdown file")
+    args = parser.parse_args()
+
+    options = Int8Options(calib_data=args.calib_data, **({"calib_size": args.calib_size} if args.calib_size else {}))
+    model = {"size": None if args.weights else args.size, "weights": args.weights}
+    with tempfile.TemporaryDirectory(prefix="export-time-") as work:
+        def request(precision: str, name: str) -> ExportRequest:
+            return ExportRequest(**model, precision=precision, int8=options, out=Path(work) / name, force=True)
+
+        export_artifact(request("fp32", "warmup"))  # imports and first-call costs out of the measurement
+        fp32_before, _ = timed_export(request("fp32", "fp32-before"))
+        int8, phases = timed_export(request("int8", "int8"), args.profile)
+        fp32_after, _ = timed_export(request("fp32", "fp32-after"))
+    fp32 = (fp32_before + fp32_after) / 2
+    calibration = (f"{options.calib_size} images from {args.calib_data}" if args.calib_data
+                   else f"{options.calib_size} synthetic images")
+    lines = [f"INT8 {int8:.1f} s, FP32 {fp32_before:.1f} s before / {fp32_after:.1f} s after: "
+             f"INT8 / FP32 = {int8 / fp32:.2f}"]
+    if phases:
+        lines += ["", "| INT8 phase | seconds | share |", "|---|---|---|"]
+        lines += [f"| {label} | {seconds:.1f} | {seconds / int8:.0%} |" for label, seconds in phases.items()]
+    print("\n".join(lines))
+    if args.markdown:
+        command = " ".join(["python benchmarks/export_time.py"] + [
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+            if v is not None and k not in ("markdown", "profile") and not (k == "size" and args.weights)])
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        header = (f"\n## {command} ({when}, {os.cpu_count()} cores, load average "
+                  f"{os.getloadavg()[0]:.1f})\n\n{args.weights or args.size}, INT8 calibrated on {calibration}\n\n")
+        with args.markdown.open("a") as handle:
+            handle.write(header + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
