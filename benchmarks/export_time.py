@@ -22,6 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from convnext_export.bench.environment import host_line
 from convnext_export.calibration.int8 import Int8Options
 from convnext_export.pipeline import ExportRequest, export_artifact
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="write a pyinstrument profile of the INT8 export")
     parser.add_argument("--markdown", type=Path, default=None, help="append the result to this Markdown file")
     args = parser.parse_args()
+    print(host_line(), flush=True)
 
     options = Int8Options(calib_data=args.calib_data, **({"calib_size": args.calib_size} if args.calib_size else {}))
     model = {"size": None if args.weights else args.size, "weights": args.weights}
