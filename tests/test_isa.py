@@ -56,7 +56,8 @@ def test_non_x86_is_unknown_and_treated_as_saturating():
     assert target.saturating and "avx2" in target.runs_on
 
 
-def test_detect_host_reads_the_os_flags():
+def test_detect_host_reads_the_os_flags(monkeypatch):
+    monkeypatch.delenv("CONVNEXT_EXPORT_CPU_FLAGS", raising=False)
     found = detect_host()
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
