@@ -239,8 +239,14 @@ def test_a_signal_mid_benchmark_exits_128_plus_signal(signum, code, words, artif
         raise AssertionError("the signal did not interrupt the benchmark")
 
     monkeypatch.setattr(Bench, "time_batches", signalled)
-    result = CliRunner().invoke(bench_command, [str(artifacts["fp32"]), "--backends", "torch", "--iters", "1",
-                                                "--no-cold-start", "--json", str(tmp_path / "b.json")])
+    # As in a terminal: a background job of a non-interactive shell (CI scripts, `cmd &`) starts with SIGINT
+    # ignored, and the command rightly keeps ignoring it, so the test gives itself Python's default handler.
+    foreground = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = CliRunner().invoke(bench_command, [str(artifacts["fp32"]), "--backends", "torch", "--iters", "1",
+                                                    "--no-cold-start", "--json", str(tmp_path / "b.json")])
+    finally:
+        signal.signal(signal.SIGINT, foreground)
     assert result.exit_code == code, result.output
     assert f"Aborted: {words}" in result.output and not (tmp_path / "b.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's only
