@@ -11,6 +11,11 @@ end of the node list) is its output. A second copy exposes just those four
 as extra graph outputs and runs on the drift inputs. Exposing a tensor keeps ONNX Runtime
 from fusing it into a quantized Add (QLinearAdd), so what is compared is the stage output
 before its re-quantization; the logits are measured on the untouched model elsewhere.
+
+An INT8 artifact whose residual streams were equalized carries ``x / s`` per channel inside
+each stage (``calibration/equalize.py``) and restores ``x`` with a ``Mul`` by the initializer
+``stages.{i}.restore.scale`` where the stream leaves the stage; the stage outputs are multiplied
+by it here, so they are compared with the eager model in the same units.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import torch
 
 from ..artifact import Artifact
@@ -104,6 +110,17 @@ def stage_output_names(artifact: Artifact, threads: int | None = None) -> list[s
     return found
 
 
+def stream_restore_scales(proto: onnx.ModelProto, stages: int) -> dict[int, np.ndarray]:
+    """Stage -> the per-channel scale that turns its equalized stream back into the model's units."""
+    initializers = {init.name: init for init in proto.graph.initializer}
+    found = {}
+    for stage in range(stages):
+        init = initializers.get(f"stages.{stage}.restore.scale")
+        if init is not None:
+            found[stage] = numpy_helper.to_array(init).astype(np.float32).reshape(1, -1, 1, 1)
+    return found
+
+
 def stage_metrics(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     out64, ref64 = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     diff = out64 - ref64
@@ -128,5 +145,7 @@ def stage_drift(artifact: Artifact, reference: ConvNeXt, images: np.ndarray, thr
     proto = onnx.load(str(artifact.model_path))
     with tempfile.TemporaryDirectory(prefix="convnext-stages-") as tmp:
         outputs = _run_outputs(_with_outputs(proto, names, Path(tmp) / "stages.onnx"), images, threads)
-    return [{"stage": i, "tensor": name, "shape": list(eager[i].shape[1:]), **stage_metrics(outputs[name], eager[i])}
+    restore = stream_restore_scales(proto, len(names))
+    return [{"stage": i, "tensor": name, "shape": list(eager[i].shape[1:]),
+             **stage_metrics(outputs[name] * restore.get(i, np.float32(1)), eager[i])}
             for i, name in enumerate(names)]
