@@ -156,5 +156,6 @@ def nncf_int8(source: PeerSource) -> Runner:
     import openvino as ov
 
     ov_model = ov.convert_model(source.timm_model, example_input=source.example)
-    quantized = nncf.quantize(ov_model, nncf.Dataset([image[None] for image in source.calibration]))
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars go to stdout
+        quantized = nncf.quantize(ov_model, nncf.Dataset([image[None] for image in source.calibration]))
     return openvino_runner(quantized, source.threads)
