@@ -11,7 +11,8 @@ error), saved as an official-layout checkpoint that both this project and timm l
 - this project's FP32 and INT8 artifacts in ONNX Runtime (CPU), the FP32 one also in OpenVINO
   (INT8 calibrated on 32 images of the same ImageNet sample folder as the other INT8 peers);
 - timm's ConvNeXt + ``torch.onnx.export`` (default opset and opset 20) + ONNX Runtime;
-- ONNX Runtime ``quantize_static`` with its defaults on that export (calibration: 32 real images);
+- ONNX Runtime ``quantize_static`` with its defaults on that export (calibration: 32 real images), and with
+  ``per_channel=True, reduce_range=True`` (what ORT's docs suggest for CPUs without VNNI);
 - ``torch.compile`` (inductor, defaults) of the eager model;
 - PyTorch's x86 INT8: PT2E with ``X86InductorQuantizer`` (torchao), then ``torch.compile``
   with inductor freezing on, as its tutorial does;
@@ -24,12 +25,12 @@ each ONNX Runtime session with the same threads and intra-op spinning off (spinn
 look ~40% faster than it is by slowing whatever ran next), OpenVINO with the same thread
 count. Speedup = paired per-round median vs eager. Drift = logits vs eager on 16 real
 ImageNet sample images. A peer that fails to build or run becomes a row with its error.
+The INT8 peers are built by int8_peers.py, as peers_accuracy.py builds them on the trained references.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -51,11 +52,20 @@ from convnext_export.calibration.int8 import Int8Options
 from convnext_export.config import get_config
 from convnext_export.drift import drift_metrics
 from convnext_export.model import build_model
-from convnext_export.pipeline import ExportRequest, export_artifact
 from convnext_export.preprocess import Preprocessing
+from int8_peers import (PeerSource, nncf_int8, openvino_runner, ort_quantize_static, ours, pt2e_int8, timm_model_for,
+                        timm_onnx, torch_runner)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 CALIBRATION_IMAGES, DRIFT_IMAGES = 32, 16
+OURS_INT8 = "convnext-export INT8 + ORT"
+PT2E_INT8 = "PT2E X86InductorQuantizer INT8 + torch.compile"
+NNCF_INT8 = "OpenVINO + NNCF INT8"
+# ONNX Runtime's quantize_static: its defaults, and what its docs suggest for CPUs without VNNI
+INT8_ORT_PEERS = (("ORT quantize_static (defaults)", "QDQ, defaults of onnxruntime.quantization", {}),
+                  ("ORT quantize_static (per_channel, reduce_range)",
+                   "QDQ, per_channel=True, reduce_range=True (ORT docs, non-VNNI)",
+                   {"per_channel": True, "reduce_range": True}))
 
 
 @dataclass
@@ -106,33 +116,6 @@ def guarded(name: str, how: str, build: Callable[[], Callable[[np.ndarray], np.n
         return Peer(name, how, error=f"{type(error).__name__}: {message}", setup_s=time.perf_counter() - started)
 
 
-def torch_runner(module: Callable, autocast: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    @torch.inference_mode()
-    def run(images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(images)
-        if autocast:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return module(x).float().numpy()
-        return module(x).float().numpy()
-
-    return run
-
-
-def openvino_runner(ov_model, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
-    request = compiled.create_infer_request()
-    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    print(f"  OpenVINO inference precision: {precision}", file=sys.stderr)
-
-    def run(images: np.ndarray) -> np.ndarray:
-        request.infer({0: images})
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
-
-    return run
-
-
 def build_peers(size: str, threads: int, seed: int, work: Path) -> tuple[list[Peer], np.ndarray]:
     config = get_config(size)
     preprocessing = Preprocessing()
@@ -142,21 +125,16 @@ def build_peers(size: str, threads: int, seed: int, work: Path) -> tuple[list[Pe
     calibration = real_images(CALIBRATION_IMAGES, 0, preprocessing)
     probe = calibration[:1]
     torch.set_num_threads(threads)
+    source = PeerSource(checkpoint, model, timm_model_for(checkpoint, size, config.num_classes), calibration, work,
+                        threads)
     peers: list[Peer] = []
     add = lambda name, how, build: peers.append(guarded(name, how, build, probe))  # noqa: E731
 
     add("eager FP32 (reference)", "this project's faithful ConvNeXt, torch eager", lambda: torch_runner(model))
-
-    def ours(precision: str) -> Callable:
-        def build():
-            # INT8 calibrates on the same ImageNet sample folder the other INT8 peers use (32 images).
-            request = ExportRequest(size=size, weights=checkpoint, precision=precision, out=work / f"ours-{precision}",
-                                    int8=Int8Options(calib_data=DATA, calib_size=CALIBRATION_IMAGES))
-            return OnnxRuntimeBackend(export_artifact(request).artifact.model_path, threads=threads).run
-        return build
-
-    add("convnext-export FP32 + ORT", "fused FP32 artifact, ONNX Runtime CPU", ours("fp32"))
-    add("convnext-export INT8 + ORT", "INT8 artifact (target cpu), ONNX Runtime CPU", ours("int8"))
+    # INT8 calibrates on the same ImageNet sample folder the other INT8 peers use (32 images).
+    int8 = Int8Options(calib_data=DATA, calib_size=CALIBRATION_IMAGES)
+    add("convnext-export FP32 + ORT", "fused FP32 artifact, ONNX Runtime CPU", lambda: ours(source, "fp32", int8))
+    add(OURS_INT8, "INT8 artifact (target cpu), ONNX Runtime CPU", lambda: ours(source, "int8", int8))
 
     def ours_openvino():
         from convnext_export.backends.openvino import OpenVinoBackend
@@ -164,95 +142,30 @@ def build_peers(size: str, threads: int, seed: int, work: Path) -> tuple[list[Pe
         return OpenVinoBackend(work / "ours-fp32" / "model.onnx", threads=threads).run
 
     add("convnext-export FP32 + OpenVINO", "fused FP32 artifact, OpenVINO CPU at its default precision", ours_openvino)
-
-    import timm
-    from timm.models.convnext import checkpoint_filter_fn
-
-    timm_model = timm.create_model(f"convnext_{size}", pretrained=False, num_classes=config.num_classes).eval()
-    timm_model.load_state_dict(checkpoint_filter_fn({"model": model.state_dict()}, timm_model))
-    example = torch.from_numpy(probe)
-
-    def timm_onnx(opset: int | None) -> Path:
-        path = work / f"timm-opset{opset or 'default'}.onnx"
-        if not path.exists():
-            kwargs = {} if opset is None else {"opset_version": opset}
-            with contextlib.redirect_stdout(sys.stderr):  # the exporter reports progress on stdout
-                torch.onnx.export(timm_model, (example,), str(path), dynamo=True, external_data=False, **kwargs)
-        return path
-
-    def timm_ort(opset: int | None) -> Callable:
-        return lambda: OnnxRuntimeBackend(timm_onnx(opset), threads=threads).run
-
-    add("timm + torch.onnx.export (default opset) + ORT", "dynamo exporter defaults, batch 1, ORT CPU", timm_ort(None))
-    add("timm + torch.onnx.export (opset 20) + ORT", "dynamo exporter, opset 20, ORT CPU", timm_ort(20))
-
-    def ort_quantize_static():
-        import onnx
-        from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-        source = timm_onnx(None)
-        input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.images = iter(calibration)
-
-            def get_next(self):
-                image = next(self.images, None)
-                return None if image is None else {input_name: image[None]}
-
-        out = work / "timm-quantize-static.onnx"
-        quantize_static(str(source), str(out), Reader())
-        return OnnxRuntimeBackend(out, threads=threads).run
-
-    add("ORT quantize_static (defaults)", "QDQ, defaults of onnxruntime.quantization, 32 calibration images",
-        ort_quantize_static)
-
+    add("timm + torch.onnx.export (default opset) + ORT", "dynamo exporter defaults, batch 1, ORT CPU",
+        lambda: OnnxRuntimeBackend(timm_onnx(source), threads=threads).run)
+    add("timm + torch.onnx.export (opset 20) + ORT", "dynamo exporter, opset 20, ORT CPU",
+        lambda: OnnxRuntimeBackend(timm_onnx(source, 20), threads=threads).run)
+    for name, how, options in INT8_ORT_PEERS:
+        add(name, f"{how}, {CALIBRATION_IMAGES} calibration images",
+            lambda options=options: ort_quantize_static(source, **options))
     add("torch.compile", "inductor, default mode, eager model", lambda: torch_runner(torch.compile(copy.deepcopy(model))))
-
-    def pt2e_int8():
-        import torch._inductor.config as inductor_config
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-        exported = torch.export.export(copy.deepcopy(model), (example,)).module()
-        quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-        prepared = prepare_pt2e(exported, quantizer)
-        with torch.no_grad():
-            for image in calibration:
-                prepared(torch.from_numpy(image[None]))
-        converted = convert_pt2e(prepared)
-        inductor_config.freezing = True  # as the x86 inductor INT8 tutorial: constant-fold the int8 weights
-        compiled = torch.compile(converted)
-        run = torch_runner(compiled)
-        run(probe)  # compile now, while freezing is on
-        inductor_config.freezing = False
-        return run
-
-    add("PT2E X86InductorQuantizer INT8 + torch.compile", "torchao PT2E, default x86 config, freezing on", pt2e_int8)
+    add(PT2E_INT8, "torchao PT2E, default x86 config, freezing on", lambda: pt2e_int8(source))
     add("BF16 autocast", "torch.autocast('cpu', bfloat16), eager", lambda: torch_runner(model, autocast=True))
 
     def openvino_default():
         import openvino as ov
 
-        return openvino_runner(ov.convert_model(timm_model, example_input=example), threads)
+        return openvino_runner(ov.convert_model(source.timm_model, example_input=source.example), threads)
 
     add("OpenVINO (default precision)", "ov.convert_model(timm model), CPU, LATENCY hint", openvino_default)
-
-    def nncf_int8():
-        import nncf
-        import openvino as ov
-
-        ov_model = ov.convert_model(timm_model, example_input=example)
-        quantized = nncf.quantize(ov_model, nncf.Dataset([image[None] for image in calibration]))
-        return openvino_runner(quantized, threads)
-
-    add("OpenVINO + NNCF INT8", "nncf.quantize defaults, 32 calibration images", nncf_int8)
+    add(NNCF_INT8, f"nncf.quantize defaults, {CALIBRATION_IMAGES} calibration images", lambda: nncf_int8(source))
     drift = real_images(DRIFT_IMAGES, CALIBRATION_IMAGES, preprocessing)
     return peers, drift
 
 
-def measure(peers: list[Peer], drift_images: np.ndarray, image_size: int, plan: TimingPlan, seed: int) -> None:
+def measure(peers: list[Peer], drift_images: np.ndarray, image_size: int, plan: TimingPlan, seed: int) -> dict:
+    """Drift vs eager and alternating-block timing of every live peer; returns the timings by peer name."""
     eager = peers[0]
     reference = np.concatenate([eager.run(image[None]) for image in drift_images])
     for peer in peers:
@@ -270,6 +183,7 @@ def measure(peers: list[Peer], drift_images: np.ndarray, image_size: int, plan: 
     for peer in live:
         peer.results["latency_ms"] = latency_stats(timings[peer.name].samples, 1)
         peer.results["speedup"] = paired_speedup(timings[eager.name], timings[peer.name])
+    return timings
 
 
 def markdown(peers: list[Peer], env: dict, command: str) -> str:
