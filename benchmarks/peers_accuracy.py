@@ -209,7 +209,7 @@ def main() -> None:
             speeds, timed = speed(args.threads, args.iters, args.seed, work / "tiny")
     host = detect_host().to_dict()
     env = {**environment(args.threads), "model": "Tiny", "image_size": 224}
-    text = host_line() + "\n\n" + markdown(host, rows, eager_top1, speeds, command)
+    text = markdown(host, rows, eager_top1, speeds, command)  # its first line names the host and integer path
     if timed:
         text += "\nEvery variant of the ConvNeXt-T timing (drift on 16 ImageNet sample images):\n\n"
         text += speed_markdown(timed, env, command)
