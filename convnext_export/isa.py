@@ -47,6 +47,11 @@ ISA_CHOICES = ("host", *(name for name, _ in PATH_FLAGS), ALL_X86)
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
 
 
+def accumulation(saturates: bool | None) -> str:
+    """A path's accumulation in a few words, as reports print it (``IntegerPath.saturates``)."""
+    return {True: "saturating u8 x s8 pairs", False: "exact int32", None: "not validated"}[saturates]
+
+
 @dataclass(frozen=True)
 class HostIsa:
     """The host CPU as ONNX Runtime's int8 kernels see it."""

@@ -82,8 +82,7 @@ def check_export_memory(config: ConvNeXtConfig, image_size: int, precision: str,
     total, available = memory or machine_memory()
     needed = export_memory_bytes(config, image_size, precision, batch, calib_size)
     per_image = FLOAT_BYTES * biggest_activation(config, image_size)
-    held = export_memory_bytes(config, image_size, precision, batch, calib_size) - export_memory_bytes(
-        config, image_size, precision, batch)
+    held = needed - export_memory_bytes(config, image_size, precision, batch)  # the calibration images
     detail = (f"about {_gb(needed)} of memory (its biggest activation is {_gb(per_image)} per image"
               + (f"; the {calib_size} calibration images take {_gb(held)}" if held else "") + ")")
     if total is not None and needed > total:

@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from convnext_export.calibration.kernel_emulation import emulable_layers, emulate_saturating_kernels
-from convnext_export.calibration.overflow import limit_pairs, reduce_weight_range
+from convnext_export.calibration.overflow import limit_pairs
 from convnext_export.calibration.saturation import (PAIR_LIMIT, im2col, reduction_order, u8s8_accumulate,
                                                     unsafe_pairs)
 from convnext_export.isa import detect_host

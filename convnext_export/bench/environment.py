@@ -84,9 +84,9 @@ def same_machine(a: dict, b: dict) -> list[str]:
 
 def host_line() -> str:
     """One line naming the CPU and its int8 kernel family: every benchmark result starts with it."""
-    from ..isa import detect_host
+    from ..isa import accumulation, detect_host
 
     host = detect_host()
-    kind = {True: "saturating u8 x s8 pairs", False: "exact int32", None: "not validated"}[host.path.saturates]
-    return (f"Host: {host.model}, {os.cpu_count()} cores, int8 kernels {host.path.name} ({kind}); "
+    return (f"Host: {host.model}, {os.cpu_count()} cores, int8 kernels {host.path.name} "
+            f"({accumulation(host.path.saturates)}); "
             f"flags {', '.join(host.flags) or 'none of ' + '/'.join(('avx2', 'avx512*', 'vnni', 'amx'))}")

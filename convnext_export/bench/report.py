@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..drift import PLUMBING, REAL_IMAGES, drift_meaning
+from ..isa import accumulation
 
 
 def _threads(count: int) -> str:
@@ -124,8 +125,7 @@ def _integer_path(env: dict) -> str:
     path = env.get("integer_path")
     if not path:
         return "int8 kernels not recorded"
-    kind = {True: "saturating u8 x s8 pairs", False: "exact int32", None: "not validated"}[path["saturates"]]
-    return f"int8 kernels {path['integer_path']}: {kind}"
+    return f"int8 kernels {path['integer_path']}: {accumulation(path['saturates'])}"
 
 
 def print_report(console: Console, report: dict) -> None:
@@ -175,8 +175,9 @@ def markdown_report(report: dict) -> str:
     for row in report["rows"]:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells(report, row, with_accuracy))
                      + " |")
-    if drift_lines(report):
-        lines += [""] + [f"- {line}" for line in drift_lines(report)]
+    meanings = drift_lines(report)
+    if meanings:
+        lines += [""] + [f"- {line}" for line in meanings]
     if gpu_lines(report):
         lines += ["", "GPU timing (CUDA events):", ""] + [f"- {line}" for line in gpu_lines(report)]
     for artifact in report["artifacts"]:

@@ -14,7 +14,7 @@ before its re-quantization; the logits are measured on the untouched model elsew
 
 An INT8 artifact whose residual streams were equalized carries ``x / s`` per channel inside
 each stage (``calibration/equalize.py``) and restores ``x`` with a ``Mul`` by the initializer
-``stages.{i}.restore.scale`` where the stream leaves the stage; the stage outputs are multiplied
+``restore_scale_name(i)`` where the stream leaves the stage; the stage outputs are multiplied
 by it here, so they are compared with the eager model in the same units.
 """
 
@@ -30,6 +30,7 @@ import torch
 
 from ..artifact import Artifact
 from ..backends.onnxruntime import OnnxRuntimeBackend
+from ..calibration.equalize import restore_scale_name
 from ..errors import ConvNeXtExportError
 from ..fusion import fuse_model
 from ..model import ConvNeXt
@@ -115,7 +116,7 @@ def stream_restore_scales(proto: onnx.ModelProto, stages: int) -> dict[int, np.n
     initializers = {init.name: init for init in proto.graph.initializer}
     found = {}
     for stage in range(stages):
-        init = initializers.get(f"stages.{stage}.restore.scale")
+        init = initializers.get(restore_scale_name(stage))
         if init is not None:
             found[stage] = numpy_helper.to_array(init).astype(np.float32).reshape(1, -1, 1, 1)
     return found

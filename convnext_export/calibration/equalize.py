@@ -164,6 +164,11 @@ def scales_report(scales: dict[int, np.ndarray]) -> dict:
             for stage, s in scales.items()}
 
 
+def restore_scale_name(stage: int) -> str:
+    """The initializer holding the per-channel scale that turns stage ``stage``'s equalized stream back into ``x``."""
+    return f"stages.{stage}.restore.scale"
+
+
 def _restore_scale(model: onnx.ModelProto, stage: int, stream: str, scale: np.ndarray,
                    nodes: dict[str, onnx.NodeProto]) -> None:
     """Multiply the stage's final stream by ``scale`` where it leaves the stage (downsample norm or head pooling)."""
@@ -172,9 +177,9 @@ def _restore_scale(model: onnx.ModelProto, stage: int, stream: str, scale: np.nd
     else:
         reader = next(n for n in model.graph.node if n.op_type == "LayerNormalization" and n.name.startswith("head"))
         shape, tensor = (1, -1), reader.input[0]
-    name = f"stages.{stage}.restore"
-    model.graph.initializer.append(numpy_helper.from_array(scale.reshape(shape).astype(np.float32), f"{name}.scale"))
-    mul = helper.make_node("Mul", [tensor, f"{name}.scale"], [f"{name}.output"], name=f"{name}/Mul")
+    name, scale_name = f"stages.{stage}.restore", restore_scale_name(stage)
+    model.graph.initializer.append(numpy_helper.from_array(scale.reshape(shape).astype(np.float32), scale_name))
+    mul = helper.make_node("Mul", [tensor, scale_name], [f"{name}.output"], name=f"{name}/Mul")
     for index, value in enumerate(reader.input):
         if value == tensor:
             reader.input[index] = mul.output[0]

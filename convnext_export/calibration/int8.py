@@ -190,7 +190,7 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     reused only when their key matches; the ranges used are written to ``cache_out`` (beside the
     artifact) and to ``options.calib_cache`` when given.
     """
-    options.validate(target_name, preprocessing)
+    options.validate(target_name)  # --calib-data is opened by load_calibration_data below (the CLI checked it first)
     target = get_target(target_name)
     method = CalibrationMethod(options.calib_method, options.calib_percentile, symmetric=target.activation_symmetric)
     model = name_nodes_by_module(onnx.load(str(fp32_path)))
@@ -257,8 +257,7 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
             f"{options.max_drift}: measuring per-unit sensitivity")
         result = fall_back_until(model, quantize, plan, data.holdout, reference, options.max_drift,
                                  onnxruntime_runner(batch), log, progress)
-        plan, quantized = result.plan, result.model
-        drift = drift_metrics(result.outputs, reference)
+        plan, quantized, outputs = result.plan, result.model, result.outputs
         fallback = {"budget_top1_agreement": options.max_drift, "moved": result.moved,
                     "sensitivity": result.sensitivity, "float_mac_fraction": result.float_mac_fraction}
         log(f"moved {len(result.moved)} unit(s) back to float ({', '.join(m['unit'] for m in result.moved)}): "
@@ -272,15 +271,17 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
         log(f"GELU in the sigmoid form; correcting pwconv2 biases on {len(data.images)} calibration images")
         outputs_reported = reporting(onnxruntime_outputs(batch), "--gelu sigmoid: bias correction runs", progress)
         candidate, report = apply_sigmoid_gelu(quantized, data.images, outputs_reported)
-        candidate_drift = drift_metrics(run(candidate, data.holdout), reference)
+        candidate_outputs = run(candidate, data.holdout)
+        candidate_drift = drift_metrics(candidate_outputs, reference)
         if options.max_drift is not None and candidate_drift["top1_agreement"] < options.max_drift:
             log(f"--gelu sigmoid: top-1 agreement {candidate_drift['top1_agreement']:.2%} on the hold-out misses "
                 f"--max-drift {options.max_drift}: keeping exact GELU")
             gelu = {"form": "exact", "sigmoid_rejected": {"top1_agreement": candidate_drift["top1_agreement"]}}
         else:
-            quantized, drift, gelu = candidate, candidate_drift, report
+            quantized, outputs, gelu = candidate, candidate_outputs, report
 
-    kernels = check_kernels(quantized, data.holdout, reference, isa, run, simulated, host.path.saturates, log)
+    kernels = check_kernels(quantized, data.holdout, reference, isa, run, simulated, host.path.saturates, log,
+                            host_outputs=outputs)
     repair = None
     if kernels.costly:
         quantized, kernels, repair = repair_kernel_gap(quantized, model, kernels, weight_bits, data.holdout, reference,

@@ -73,6 +73,17 @@ def _scalar(model: onnx.ModelProto, name: str, constants: dict[str, np.ndarray])
     return read_array(model, name)
 
 
+def input_quantization(model: onnx.ModelProto, dequantize: onnx.NodeProto,
+                       constants: dict[str, np.ndarray] | None = None) -> tuple[float, int]:
+    """(scale, raw offset) of the activation codes an integer layer reads through ``dequantize``: the kernel takes
+    the codes raw (s8 ones shifted by 128, as u8) and subtracts the offset through the weight sums."""
+    constants = constants or {}
+    zero_point_name = dequantize.input[2] if len(dequantize.input) > 2 and dequantize.input[2] else None
+    scale = float(_scalar(model, dequantize.input[1], constants))
+    zero_point = _scalar(model, zero_point_name, constants) if zero_point_name else np.uint8(0)
+    return scale, int(zero_point) + (128 if zero_point.dtype == np.int8 else 0)
+
+
 def emulate_saturating_kernels(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the QDQ ``model`` in which every emulable integer layer saturates as on AVX2 / AVX-512 BW."""
     emulated = onnx.ModelProto()
@@ -82,17 +93,13 @@ def emulate_saturating_kernels(model: onnx.ModelProto) -> onnx.ModelProto:
                  for node in emulated.graph.node if node.op_type == "Constant" and node.attribute}
     replaced: dict[str, _Builder] = {}
     for weight in emulable_layers(emulated):
-        source = producers[weight.node.input[0]]
-        zero_point_name = source.input[2] if len(source.input) > 2 and source.input[2] else None
         try:
-            scale = float(_scalar(emulated, source.input[1], constants))
-            zero_point = _scalar(emulated, zero_point_name, constants) if zero_point_name else np.uint8(0)
+            scale, raw_offset = input_quantization(emulated, producers[weight.node.input[0]], constants)
             weight_scale = read_array(emulated, weight.scale_name).astype(np.float64)
             codes = read_array(emulated, weight.codes_name)
         except KeyError as error:
             raise ConvNeXtExportError(f"{weight.name}: quantization parameter {error} is not a constant; "
                                       f"the saturating kernels cannot be emulated") from None
-        raw_offset = int(zero_point) + (128 if zero_point.dtype == np.int8 else 0)  # s8 runs as u8 (+128)
         replaced[weight.node.output[0]] = _emulated_layer(weight, codes, scale, raw_offset, weight_scale)
     nodes = []
     for node in emulated.graph.node:

@@ -2,11 +2,17 @@
 
 A pair of neighbouring weights in a kernel's reduction order (``saturation.py``) saturates the
 AVX2 / AVX-512 BW kernels only when both have the same sign and their magnitudes sum to more
-than 128 (then 255 x the sum > 32767). ``limit_weight_pairs`` shrinks exactly those pairs to a
-sum of 128, splitting the cut between the two in proportion to their sizes, and leaves every
-other weight, every scale and every bias as it was: the graph, its speed on any CPU and its
-accuracy on VNNI CPUs stay those of full-range int8, and no input can saturate the kernels.
-Depthwise convs run on non-saturating kernels and are left alone.
+than 128 (then 255 x the sum > 32767). Three forms keep every pair sum in int16:
+
+- ``reduce_weight_range``: 7-bit weights ([-64, 64] per channel, requantized from the float
+  weights, biases with them): what the recipe uses wherever a target path saturates
+  (``recipe.weight_range_bits``);
+- ``unsigned_weights``: u8 weights around zero point 128, ONNX Runtime's slower u8 x u8 kernels;
+- ``limit_weight_pairs``: only the pairs that can overflow shrunk to a sum of 128, everything
+  else as it was.
+
+The last two were measured and not chosen (``recipe.py``'s table). Depthwise convs run on
+non-saturating kernels and are left alone by all three.
 """
 
 from __future__ import annotations
@@ -58,19 +64,16 @@ def limit_weight_pairs(model: onnx.ModelProto, nodes: set[str] | None = None) ->
         codes = read_array(limited, weight.codes_name)
         matrix = reduction_order(codes, weight.op_type, weight.trans_b)
         safe = limit_pairs(matrix)
-        changed = int(np.count_nonzero(unsafe_pairs(matrix)))
+        unsafe = unsafe_pairs(matrix)
+        changed = int(np.count_nonzero(unsafe))
         if changed:
             write_array(limited, weight.codes_name, from_reduction_order(safe, codes.shape, weight.op_type, weight.trans_b))
-        report.append(LimitedLayer(weight.name, int(unsafe_pairs(matrix).size), changed,
+        report.append(LimitedLayer(weight.name, int(unsafe.size), changed,
                                    int(np.abs(safe.astype(np.int32) - matrix).max(initial=0))))
     return limited, report
 
 
 SEVEN_BIT_MAX = 64  # symmetric int8 weights in [-64, 64]: 255 * (64 + 64) = 32640 <= 32767
-
-
-def _initializer_names(model: onnx.ModelProto) -> set[str]:
-    return {init.name for init in model.graph.initializer}
 
 
 def reduce_weight_range(model: onnx.ModelProto, fp32: onnx.ModelProto, nodes: set[str] | None = None) -> onnx.ModelProto:

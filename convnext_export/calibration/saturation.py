@@ -17,6 +17,8 @@ depthwise convs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 INT16_MIN, INT16_MAX = -32768, 32767
@@ -58,8 +60,11 @@ def pair_sums(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
 CHUNK_ELEMENTS = 1 << 23  # pair sums materialized at once
 
 
-def _rows_per_chunk(weights: np.ndarray) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, weights.shape[0] * ((weights.shape[1] + 1) // 2)))
+def _pair_sum_chunks(codes: np.ndarray, weights: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """``pair_sums`` of the rows of ``codes`` a chunk at a time: (the chunk's rows, its (rows, K/2, O) sums)."""
+    chunk = max(1, CHUNK_ELEMENTS // max(1, weights.shape[0] * ((weights.shape[1] + 1) // 2)))
+    for start in range(0, len(codes), chunk):
+        yield slice(start, start + chunk), pair_sums(codes[start:start + chunk], weights)
 
 
 def u8s8_accumulate(codes: np.ndarray, weights: np.ndarray, zero_point: int, saturating: bool) -> np.ndarray:
@@ -67,12 +72,10 @@ def u8s8_accumulate(codes: np.ndarray, weights: np.ndarray, zero_point: int, sat
     or exact (VNNI, AMX); ``codes`` (M, K) raw u8 codes, ``weights`` (O, K) int8 in reduction order."""
     out = np.empty((len(codes), len(weights)), np.int64)
     correction = zero_point * np.asarray(weights, np.int64).sum(1)
-    chunk = _rows_per_chunk(weights)
-    for start in range(0, len(codes), chunk):
-        sums = pair_sums(codes[start:start + chunk], weights)
+    for rows, sums in _pair_sum_chunks(codes, weights):
         if saturating:
             sums = np.clip(sums, INT16_MIN, INT16_MAX)
-        out[start:start + chunk] = sums.sum(1, dtype=np.int64) - correction
+        out[rows] = sums.sum(1, dtype=np.int64) - correction
     return out
 
 
@@ -82,9 +85,7 @@ def saturation_stats(codes: np.ndarray, weights: np.ndarray, zero_point: int) ->
     saturated = total = 0
     error = norm = 0.0
     correction = zero_point * np.asarray(weights, np.int64).sum(1)
-    chunk = _rows_per_chunk(weights)
-    for start in range(0, len(codes), chunk):
-        sums = pair_sums(codes[start:start + chunk], weights)
+    for _, sums in _pair_sum_chunks(codes, weights):
         clipped = np.clip(sums, INT16_MIN, INT16_MAX)
         saturated += int(np.count_nonzero(clipped != sums))
         total += sums.size

@@ -21,9 +21,9 @@ import onnx
 
 from ..drift import drift_metrics
 from ..isa import PATHS, IsaTarget
-from .kernel_emulation import emulable_layers, emulate_saturating_kernels
+from .kernel_emulation import emulable_layers, emulate_saturating_kernels, input_quantization
 from .qdq_weights import node_attribute, read_array
-from .saturation import reduction_order, saturation_stats
+from .saturation import im2col, reduction_order, saturation_stats
 
 GAP_TOLERANCE = 0.005  # agreement points a judged run may lose against the simulated graph (rounding) ...
 GAP_TOLERANCE_IMAGES = 3  # ... or this many hold-out images, whichever is more
@@ -98,12 +98,16 @@ def kernel_families(isa: IsaTarget | None) -> tuple[str, ...]:
 
 def check_kernels(model: onnx.ModelProto, holdout: np.ndarray, reference: np.ndarray, isa: IsaTarget | None,
                   integer: Runner, simulated: Runner, host_saturates: bool | None,
-                  log: Callable[[str], None] = lambda message: None) -> KernelCheck:
+                  log: Callable[[str], None] = lambda message: None,
+                  host_outputs: np.ndarray | None = None) -> KernelCheck:
     """Run the hold-out on the host's integer kernels and simulated, plus emulated saturating kernels where the
-    artifact is made for a saturating path the host lacks; ``host_saturates`` None: the host's path is unknown."""
+    artifact is made for a saturating path the host lacks; ``host_saturates`` None: the host's path is unknown.
+    ``host_outputs``: ``integer(model, holdout)`` when the caller has run it already."""
     runs = {"simulated": KernelRun("simulated", drift_metrics(outputs := simulated(model, holdout), reference),
                                    outputs)}
-    runs["host"] = KernelRun("host", drift_metrics(outputs := integer(model, holdout), reference), outputs)
+    if host_outputs is None:
+        host_outputs = integer(model, holdout)
+    runs["host"] = KernelRun("host", drift_metrics(host_outputs, reference), host_outputs)
     judged = {}
     for family in kernel_families(isa):
         if family == "exact":
@@ -152,16 +156,12 @@ def layer_saturation(model: onnx.ModelProto, images: np.ndarray, simulated_outpu
     rng = np.random.default_rng(seed)
     report = []
     for layer, name in zip(layers, names):
-        source = producers[name]
-        scale = float(read_array(model, source.input[1]))
-        zero_point = read_array(model, source.input[2]) if len(source.input) > 2 and source.input[2] else np.uint8(0)
-        offset = int(zero_point) + (128 if zero_point.dtype == np.int8 else 0)
+        scale, offset = input_quantization(model, producers[name])
         x = np.concatenate(captured[name])
         codes = np.rint(x / scale).astype(np.int32) + offset
-        if layer.op_type == "Conv":
+        if layer.op_type == "Conv":  # emulable convs are 1x1 or patchify (stride = kernel, no padding)
             k = int(node_attribute(layer.node, "kernel_shape", [1])[0])
-            n, c, h, w = codes.shape
-            codes = codes.reshape(n, c, h // k, k, w // k, k).transpose(0, 2, 4, 3, 5, 1).reshape(-1, k * k * c)
+            codes = im2col(codes, k, k, 0, offset)
         if len(codes) > LAYER_SAMPLE_ROWS:
             codes = codes[np.sort(rng.choice(len(codes), LAYER_SAMPLE_ROWS, replace=False))]
         weights = reduction_order(read_array(model, layer.codes_name), layer.op_type, layer.trans_b)
