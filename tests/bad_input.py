@@ -1,0 +1,83 @@
+"""Harness for the bad-input tables: each case runs a command and must fail cleanly.
+
+A case passes when the command exits with its expected code, prints no traceback, names what went wrong,
+leaves every input file as it was (same bytes), and leaves nothing behind: no staging folder beside --out,
+nothing in its own TMPDIR. Cases run the installed console script in a subprocess with a timeout, so a hang,
+a segfault or a traceback from any layer (click, torch, onnxruntime) is seen as a user would see it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "benchmarks" / "reference" / "convnext_atto_cifar10.pth"
+TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One bad input: the command line ({work} is the case's folder), what it must exit with and say."""
+
+    id: str
+    command: str  # "convnext-export" | "convnext-bench"
+    args: tuple[str, ...]
+    exit_code: int
+    says: tuple[str, ...]  # substrings the output must contain (case-insensitive)
+    setup: Callable[[Path], None] | None = None  # builds the case's inputs inside {work}
+    outputs: tuple[str, ...] = field(default=())  # paths under {work} the command may create (e.g. --out)
+
+
+def _console_script(name: str) -> str:
+    script = Path(sys.executable).with_name(name)
+    return str(script) if script.exists() else shutil.which(name) or name
+
+
+def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, str]:
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if any(path == s or s in path.parents for s in skip) or not path.is_file():
+            continue
+        files[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def run_bad_input(case: BadInput, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run one case and assert everything the table promises; returns the finished process."""
+    work = tmp_path / "work"
+    scratch = tmp_path / "tmpdir"
+    work.mkdir()
+    scratch.mkdir()
+    if case.setup is not None:
+        case.setup(work)
+    outputs = tuple(work / p for p in case.outputs)
+    before = _snapshot(work, outputs)
+    args = [a.replace("{work}", str(work)) for a in case.args]
+    env = {**os.environ, "TMPDIR": str(scratch), "COLUMNS": "120", "PYTHONPATH": os.pathsep.join(
+        [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    try:
+        done = subprocess.run([_console_script(case.command), *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{case.id}: hung (no exit within {TIMEOUT_S} s): {case.command} {' '.join(args)}")
+    output = done.stdout + done.stderr
+    shown = f"{case.id}: {case.command} {' '.join(args)}\nexit {done.returncode}\n{output[-3000:]}"
+    assert done.returncode >= 0, f"killed by signal {-done.returncode}\n{shown}"
+    assert "Traceback (most recent call last)" not in output, shown
+    assert done.returncode == case.exit_code, shown
+    for phrase in case.says:
+        assert phrase.lower() in output.lower(), f"missing {phrase!r}\n{shown}"
+    after = _snapshot(work, outputs)
+    changed = sorted(name for name, digest in before.items() if after.get(name) != digest)
+    assert not changed, f"inputs changed or deleted: {changed}\n{shown}"
+    leftovers = [p.name for p in work.rglob("*") if ".partial" in p.name or p.name.endswith((".lock", ".old"))]
+    assert not leftovers, f"left behind: {leftovers}\n{shown}"
+    assert not list(scratch.iterdir()), f"left in TMPDIR: {[p.name for p in scratch.iterdir()]}\n{shown}"
+    return done
