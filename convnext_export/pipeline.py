@@ -30,6 +30,7 @@ from .memory import check_export_memory
 from .model import ConvNeXt, build_model
 from .preprocess import Preprocessing, torchvision_preprocessing
 from .progress import ProgressCallback, no_progress
+from .protected import check_out_spares
 from .tensorrt.build import EngineBuildSettings
 
 DRIFT_SAMPLES = 4
@@ -73,6 +74,12 @@ class ExportRequest:
     int8: Int8Options = field(default_factory=Int8Options)  # calibration, exclusions, drift budget
     fp16_io: bool = False  # FP16 inputs/outputs (default FP32 I/O around an FP16 graph)
     engine: EngineBuildSettings | None = None  # --trt: also build model.engine (TensorRT) from the final ONNX
+
+    def inputs(self) -> dict[str, Path | None]:
+        """The files and folders the export reads, by option: ``--out`` must spare them."""
+        int8 = self.int8 if self.precision == "int8" else Int8Options()
+        return {"--weights": self.weights, "--calib-data": int8.calib_data, "--calib-cache": int8.calib_cache,
+                "--timing-cache": self.engine.timing_cache if self.engine is not None else None}
 
     def default_out(self, config: ConvNeXtConfig) -> Path:
         suffix = "-tensorrt" if self.precision == "int8" and self.target == "tensorrt" else ""
@@ -182,6 +189,8 @@ def onnx_metadata(reference: ReferenceModel, fusions: dict[str, int], precision:
 
 
 def validate_request(request: ExportRequest) -> None:
+    if request.out is not None:
+        check_out_spares(request.out, request.inputs())
     check_opset(request.opset)
     if request.batch is not None and request.batch < 1:
         raise InputError(f"--batch {request.batch}: a static batch must be >= 1 (omit it for a dynamic batch)")
@@ -263,6 +272,7 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
     check_export_memory(reference.config, reference.preprocessing.image_size, request.precision, request.batch,
                         request.int8.calib_size if request.precision == "int8" else 0, log)
     out = request.out or request.default_out(reference.config)
+    check_out_spares(out, request.inputs())
     with (staged_directory(out, request.force, log) as staging,
           tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work):
         kept_layer_scale: set[str] = set()
