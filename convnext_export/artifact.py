@@ -28,6 +28,7 @@ except ImportError:  # Windows: no flock, so no sweeping of killed exports' stag
 
 from .config import ConvNeXtConfig
 from .errors import InputError
+from .files import json_text
 from .preprocess import Preprocessing
 
 SCHEMA = "convnext-export/1"
@@ -114,7 +115,7 @@ _KNOWN_KEYS = {
 
 def write_manifest(artifact: Artifact) -> Path:
     path = artifact.directory / MANIFEST
-    path.write_text(json.dumps(artifact.to_dict(), indent=2) + "\n")
+    path.write_text(json_text(artifact.to_dict()))
     return path
 
 

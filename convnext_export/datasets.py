@@ -338,7 +338,24 @@ def _open_array(path: Path, preprocessing: Preprocessing, limit: int | None, see
             f"{path}: 'labels' must be {len(array)} integers, one per image; got {labels.dtype} {labels.shape}"
         )
     chosen = balanced_subset(labels, len(array), limit, seed)
+    if np.issubdtype(array.dtype, np.floating):
+        _check_finite(path, array, chosen)
     return ArrayDataset(path, array, chosen, None if labels is None else labels[chosen].astype(np.int64), preprocessing)
+
+
+def _check_finite(path: Path, array: np.ndarray, chosen: np.ndarray, rows: int = 256) -> None:
+    """Refuse preprocessed images holding NaN or infinity (read in chunks of ``rows``: a memmap stays on disk)."""
+    for start in range(0, len(chosen), rows):
+        block = np.asarray(array[chosen[start:start + rows]])
+        bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if bad.any():
+            index = int(chosen[start + int(np.argmax(bad))])
+            values = block[int(np.argmax(bad))]
+            kinds = [name for name, found in (("NaN", np.isnan(values).any()), ("infinity", np.isinf(values).any()))
+                     if found]
+            raise InputError(f"{path}: image {index} holds {' and '.join(kinds)} "
+                             f"({int((~np.isfinite(values)).sum())} of its {values.size} values); preprocessed "
+                             f"images must be finite: fix or drop it, or give the raw images (uint8 or a folder)")
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -40,6 +40,8 @@ class Preprocessing:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values each, std > 0")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError(f"mean {list(self.mean)} and std {list(self.std)} must be finite numbers (no nan or inf)")
 
     @property
     def resize_size(self) -> int:

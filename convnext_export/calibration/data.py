@@ -158,7 +158,10 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
     path = Path(path)
     holdout = DEFAULT_HOLDOUT if holdout is None else holdout
     wanted = size + holdout
-    dataset = open_dataset(path, preprocessing, limit=wanted, seed=seed)
+    try:
+        dataset = open_dataset(path, preprocessing, limit=wanted, seed=seed)
+    except InputError as error:
+        raise InputError(f"--calib-data: {error}") from None
     notes = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
