@@ -306,6 +306,24 @@ def exclusive_out(out: Path) -> Iterator[None]:
         os.close(handle)
 
 
+SCRATCH = ".scratch"
+
+
+@contextmanager
+def scratch_inside(staging: Path) -> Iterator[Path]:
+    """Within the block every temporary file of this process (``tempfile``: ours and the libraries', e.g. ONNX
+    Runtime's quantizer) goes in ``staging/.scratch``, removed at the end; a SIGKILL leaves it inside the staging
+    folder, which the next export to the same --out sweeps (``sweep_stale_staging``), not in $TMPDIR."""
+    scratch = staging / SCRATCH
+    scratch.mkdir()
+    previous, tempfile.tempdir = tempfile.tempdir, str(scratch)
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 @contextmanager
 def staged_directory(out: Path, force: bool, log: Callable[[str], None] = lambda message: None) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out`` atomically-enough.

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .preprocess import Preprocessing
+from .preprocess import Preprocessing, is_deep
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 SYNSET_LIST_NAME = "synsets.txt"
@@ -42,6 +42,10 @@ class SkippedFilesWarning(UserWarning):
     """Files in a dataset that are not readable images were left out."""
 
 
+class ConvertedImagesWarning(UserWarning):
+    """Images of more than 8 bits per channel (16-bit PNGs) were scaled to 8 bits."""
+
+
 @dataclass(frozen=True)
 class Batch:
     images: np.ndarray  # float32 (N, 3, H, W), preprocessed
@@ -59,6 +63,7 @@ class ImageDataset(ABC):
         # ordered sets of names, so re-iterating counts each once
         self._not_images: dict[str, None] = {}  # files without an image extension, left out when listed
         self._undecodable: dict[str, None] = {}  # image files found corrupt or unreadable when decoded
+        self._converted: dict[str, None] = {}  # images of more than 8 bits per channel, scaled to 8 bits
 
     @property
     def skipped(self) -> int:
@@ -69,6 +74,11 @@ class ImageDataset(ABC):
     def undecodable(self) -> list[str]:
         """Names of the selected image files that could not be decoded (so far)."""
         return list(self._undecodable)
+
+    @property
+    def converted(self) -> list[str]:
+        """Names of the images decoded so far that had more than 8 bits per channel and were scaled to 8 bits."""
+        return list(self._converted)
 
     @property
     def labeled(self) -> bool:
@@ -84,6 +94,9 @@ class ImageDataset(ABC):
     def files(self) -> list[Path]: ...
 
     def _warn_skipped(self) -> None:
+        if self._converted:
+            warnings.warn(f"{self.path}: {len(self._converted)} image(s) of 16 bits per channel scaled to 8 bits "
+                          f"({_shown(self.converted)})", ConvertedImagesWarning, stacklevel=2)
         if self.skipped:
             kinds = [f"{len(names)} {what} ({_shown(list(names))})" for names, what in (
                 (self._undecodable, "could not be decoded as an image"), (self._not_images, "not an image file"))
@@ -136,7 +149,11 @@ class FileDataset(ImageDataset):
     def _decode(self, file: Path) -> np.ndarray | None:
         try:
             with Image.open(file) as image:
-                return self._preprocessing(image)
+                deep = is_deep(image)  # before decoding: a 48-bit PNG decodes to mode RGB
+                pixels = self._preprocessing(image)
+            if deep:
+                self._converted[_relative_name(file, self.path)] = None
+            return pixels
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             # PIL reports undecodable, truncated and unreadable files through these.
             self._undecodable[_relative_name(file, self.path)] = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,7 +15,7 @@ import onnx
 import torch
 
 from . import __version__
-from .artifact import Artifact, WeightsSource, file_sha256, staged_directory, write_manifest
+from .artifact import Artifact, WeightsSource, file_sha256, scratch_inside, staged_directory, write_manifest
 from .backends.onnxruntime import OnnxRuntimeBackend
 from .calibration.cache import CACHE_FILE
 from .calibration.int8 import Int8Options
@@ -273,8 +272,7 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
                         request.int8.calib_size if request.precision == "int8" else 0, log)
     out = request.out or request.default_out(reference.config)
     check_out_spares(out, request.inputs())
-    with (staged_directory(out, request.force, log) as staging,
-          tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work):
+    with staged_directory(out, request.force, log) as staging, scratch_inside(staging) as work:
         kept_layer_scale: set[str] = set()
         if request.fuse and request.precision == "fp16":
             from .fp16 import blocks_keeping_layer_scale

@@ -197,5 +197,6 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
     root = path if path.is_dir() else path.parent
     provenance = {"kind": "dataset", "path": str(path.resolve()), "form": dataset.kind, "seed": seed,
                   "count": len(images), "requested": size, "requested_holdout": holdout,
+                  "skipped_files": dataset.skipped, "converted_16bit_images": len(dataset.converted),
                   "files": file_provenance(files, root)}
     return CalibrationData(calibration, holdout_images, provenance, tuple(notes))
