@@ -143,6 +143,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"checkpoint path {path} is a directory; pass the weights file inside it "
             f"(e.g. model.safetensors or pytorch_model.bin)"
         )
+    if not path.is_file():  # a FIFO, socket or device: reading it could block forever
+        raise InputError(f"{path} is not a regular file (a pipe, socket or device); {ACCEPTED_CHECKPOINTS}")
     name = path.name.lower()
     if name.endswith(PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,)):
         impostor = _recognised_non_checkpoint(path)

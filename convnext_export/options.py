@@ -28,8 +28,9 @@ json_option = click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
     help="Write a machine-readable summary to FILE ('-' for stdout).",
 )
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
-                           help="Seed for random weights and generated inputs.")
+MAX_SEED = 2**63 - 1  # torch.manual_seed and NumPy both take it; seeds are offset (seed + 1) for drift inputs
+seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+                           help="Seed for random weights and generated inputs (0 to 2**63-1).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="Intra-op threads for every runtime (default: all cores).")
 

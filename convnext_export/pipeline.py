@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import platform
 import time
@@ -18,11 +19,12 @@ from . import __version__
 from .artifact import Artifact, WeightsSource, file_sha256, scratch_inside, staged_directory, write_manifest
 from .backends.onnxruntime import OnnxRuntimeBackend
 from .calibration.cache import CACHE_FILE
+from .calibration.data import DEFAULT_HOLDOUT
 from .calibration.int8 import Int8Options
 from .calibration.recipe import TARGETS
 from .config import ConvNeXtConfig, get_config, UnknownSizeError
 from .drift import drift_meaning, drift_metrics
-from .errors import InputError
+from .errors import ConvNeXtExportError, InputError
 from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
 from .fusion import FUSIONS, fuse_model
 from .memory import check_export_memory
@@ -133,10 +135,7 @@ def load_reference(size: str | None, weights: Path | None, num_classes: int | No
                    overrides: PreprocessingOverrides = PreprocessingOverrides()) -> ReferenceModel:
     """The eager reference: a checkpoint (size inferred) or seeded random weights."""
     if weights is None:
-        try:
-            config = get_config(size or "tiny", num_classes)
-        except UnknownSizeError as error:
-            raise InputError(str(error)) from None
+        config = requested_config(size, num_classes)
         return ReferenceModel(build_model(config, seed), config, WeightsSource(seed=seed),
                               overrides.apply(Preprocessing()))
     from .checkpoints import load_checkpoint
@@ -265,13 +264,50 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
 
         runtime = require_tensorrt("--trt")
     started = time.perf_counter()
+    if request.weights is None:  # random weights: the model (its head) is checked before it is built
+        config = requested_config(request.size, request.num_classes)
+        check_export_memory(config, request.preprocessing.image_size or Preprocessing().image_size,
+                            request.precision, request.batch)
     reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
+    held = 0
     if request.precision == "int8":  # --calib-data against the model's input size, known now
         request.int8.validate(request.target, reference.preprocessing)
+        held = calibration_images_held(request.int8, reference.preprocessing)
     check_export_memory(reference.config, reference.preprocessing.image_size, request.precision, request.batch,
-                        request.int8.calib_size if request.precision == "int8" else 0, log)
+                        held, log)
     out = request.out or request.default_out(reference.config)
     check_out_spares(out, request.inputs())
+    try:
+        return _write_artifact(request, reference, out, runtime, started, log, progress)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        raise ConvNeXtExportError(f"--out {out}: the disk is full ({error.strerror}{where}); nothing was written: "
+                                  f"free some space, or choose an --out on another disk") from None
+
+
+def requested_config(size: str | None, num_classes: int | None) -> ConvNeXtConfig:
+    """The config of a random-weights export (default tiny), or a usage error naming the valid sizes."""
+    try:
+        return get_config(size or "tiny", num_classes)
+    except UnknownSizeError as error:
+        raise InputError(str(error)) from None
+
+
+def calibration_images_held(options: Int8Options, preprocessing: Preprocessing) -> int:
+    """Images the INT8 step holds at once: --calib-size plus the hold-out, at most what --calib-data has."""
+    if options.calib_data is None:
+        return options.calib_size + (options.holdout if options.holdout is not None else 0)
+    from .datasets import open_dataset
+
+    wanted = options.calib_size + (DEFAULT_HOLDOUT if options.holdout is None else options.holdout)
+    return len(open_dataset(options.calib_data, preprocessing, limit=wanted, seed=options.seed))
+
+
+def _write_artifact(request: ExportRequest, reference: ReferenceModel, out: Path, runtime, started: float, log,
+                    progress: ProgressCallback) -> ExportResult:
+    """The export proper, into a staged folder that replaces ``out`` only when every step succeeded."""
     with staged_directory(out, request.force, log) as staging, scratch_inside(staging) as work:
         kept_layer_scale: set[str] = set()
         if request.fuse and request.precision == "fp16":

@@ -162,3 +162,38 @@ def test_sigkill_mid_int8_export_leaves_nothing_a_rerun_does_not_sweep(tmp_path)
     assert rerun.returncode == 0, output
     assert _left(tmp_path) == [] and _in_tmpdir(scratch) == []
     assert (out / "model.onnx").is_file() and not (out / ".scratch").exists()
+
+
+def test_disk_full_while_writing_is_a_clear_failure_that_leaves_nothing(tmp_path, monkeypatch):
+    """ENOSPC from the model write (half a file written first): exit 1 naming the full disk, no traceback, no
+    --out, no staging folder or lock."""
+    import errno
+
+    import onnx
+    from click.testing import CliRunner
+
+    from convnext_export.cli import export_command
+
+    def full_disk(proto, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(onnx, "save", full_disk)
+    out = tmp_path / "o"
+    result = CliRunner().invoke(export_command, [*TINY, "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "the disk is full (No space left on device writing" in " ".join(result.output.split())
+    assert "nothing was written" in result.output and result.exception is None or isinstance(result.exception,
+                                                                                             SystemExit)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_non_finite_bench_data_is_refused_by_the_shared_loader(tmp_path):
+    """convnext-bench --data and --calib-data read arrays through open_dataset: NaN rows are refused there."""
+    from convnext_export.errors import InputError
+
+    images = np.zeros((4, 3, 32, 32), np.float32)
+    images[2, 0, 5, 5] = np.nan
+    np.save(tmp_path / "x.npy", images)
+    with pytest.raises(InputError, match=r"x.npy: image 2 holds NaN \(1 of its 3072 values\)"):
+        open_dataset(tmp_path / "x.npy", Preprocessing(image_size=32))
