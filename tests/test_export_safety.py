@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_input import REPO, _console_script
+from bad_input import ORT_TELEMETRY_FILES, REPO, _console_script
 from convnext_export.datasets import open_dataset
 from convnext_export.preprocess import Preprocessing
 
@@ -107,9 +107,8 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> Non
 
 
 def _in_tmpdir(scratch: Path) -> list[str]:
-    """What a run left in its TMPDIR, less ONNX Runtime's telemetry session file (1.32 writes $TMPDIR/.ses when
-    it is imported, outside anything this package controls)."""
-    return sorted(p.name for p in scratch.iterdir() if p.name != ".ses")
+    """What a run left in its TMPDIR, less ONNX Runtime's telemetry session file (bad_input.ORT_TELEMETRY_FILES)."""
+    return sorted(p.name for p in scratch.iterdir() if p.name not in ORT_TELEMETRY_FILES)
 
 
 def _left(parent: Path) -> list[str]:
