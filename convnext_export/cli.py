@@ -101,7 +101,10 @@ def _console(quiet: bool, json_path: str | None) -> Console:
               help="--trt: TensorRT builder optimization level 0-5 (default 3: TensorRT's).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory (default artifacts/convnext_<size>-<precision>/).")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
+@click.option("--force", is_flag=True,
+              help="Replace a non-empty --out directory. Never one that is, holds or lies in an input (--weights, "
+                   "--calib-data, --calib-cache), nor the current directory, a git work tree, the package or home "
+                   "(exit 2); one export at a time writes an --out (a second is refused, exit 2).")
 @quiet_option
 @json_option
 @reports_errors
