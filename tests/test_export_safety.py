@@ -196,3 +196,14 @@ def test_non_finite_bench_data_is_refused_by_the_shared_loader(tmp_path):
     np.save(tmp_path / "x.npy", images)
     with pytest.raises(InputError, match=r"x.npy: image 2 holds NaN \(1 of its 3072 values\)"):
         open_dataset(tmp_path / "x.npy", Preprocessing(image_size=32))
+
+
+def test_json_written_is_strict_json_without_nan_literals(tmp_path):
+    """A NaN or infinity in a summary or manifest becomes null: every strict parser reads the file."""
+    from convnext_export.files import json_text
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON literal {name}"))
+
+    payload = {"drift": {"cosine_min": float("nan"), "relative": [float("inf"), -float("inf"), 0.5]}, "n": 3}
+    assert strict(json_text(payload)) == {"drift": {"cosine_min": None, "relative": [None, None, 0.5]}, "n": 3}
