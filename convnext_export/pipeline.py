@@ -126,8 +126,11 @@ def sidecar_preprocessing(weights: Path) -> tuple[Preprocessing, Path] | None:
             continue
         try:
             return Preprocessing.from_dict(data), candidate
-        except (KeyError, TypeError, ValueError) as error:
+        except KeyError as error:
             raise InputError(f"{candidate}: sidecar lacks preprocessing field {error}") from None
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{candidate}: the sidecar's preprocessing cannot be used ({error}); fix or remove "
+                             f"it") from None
     return None
 
 

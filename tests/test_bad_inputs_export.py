@@ -140,6 +140,13 @@ CASES = [
     BadInput("calib-data-fifo-npy", "convnext-export", (*INT8, "--calib-data", "x.npy", "--out", "o"), 2,
              ("x.npy is not a dataset",), _fifo("x.npy")),
     # checkpoints
+    BadInput("weights-is-a-directory", "convnext-export", ("--weights", "ck", "--out", "o"), 2, ("is a directory",),
+             _checkpoint),
+    BadInput("weights-sidecar-nan-mean", "convnext-export", ("--weights", "ck/convnext_atto_cifar10.pth", "--out", "o"),
+             2, ("sidecar's preprocessing cannot be used", "finite"), lambda work: (_checkpoint(work), (
+                 work / "ck" / "convnext_atto_cifar10.json").write_text(
+                 '{"image_size": 64, "crop_pct": 1.0, "interpolation": "bicubic", "mean": [NaN, 0.5, 0.5], '
+                 '"std": [0.2, 0.2, 0.2]}'))),
     BadInput("weights-truncated", "convnext-export", ("--weights", "t.pth", "--out", "o"), 2,
              ("t.pth", "truncated"), _write("t.pth", REFERENCE.read_bytes()[:100_000])),
     BadInput("weights-wrong-layout", "convnext-export", ("--weights", "w.pth", "--out", "o"), 2,
