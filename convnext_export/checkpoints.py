@@ -124,6 +124,7 @@ def load_checkpoint(path: str | Path, size: str | None = None, num_classes: int 
         layout = detect_layout(original)
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
+    _check_finite(original, path)
     state_dict = to_official(original, layout)
     config = _infer_config(state_dict, path, layout, size, num_classes)
     model = build_model(config)
@@ -142,6 +143,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"checkpoint path {path} is a directory; pass the weights file inside it "
             f"(e.g. model.safetensors or pytorch_model.bin)"
         )
+    if not path.is_file():  # a FIFO, socket or device: reading it could block forever
+        raise InputError(f"{path} is not a regular file (a pipe, socket or device); {ACCEPTED_CHECKPOINTS}")
     name = path.name.lower()
     if name.endswith(PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,)):
         impostor = _recognised_non_checkpoint(path)
@@ -407,6 +410,16 @@ def _check_fit(
             f"{path} was recognised as the {layout} layout but does not fit ConvNeXt-{model.config.name} "
             f"(names are model.py's official names): " + "; ".join(problems)
         )
+
+
+def _check_finite(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity, naming the first tensors that do: the export would be garbage."""
+    bad = [f"{key} ({int((~torch.isfinite(tensor)).sum())} of {tensor.numel()})" for key, tensor in state_dict.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise InputError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity: {', '.join(bad[:5])}"
+                         f"{', ...' if len(bad) > 5 else ''}; the training run that wrote them diverged or the file "
+                         f"is damaged: use an earlier checkpoint or download it again")
 
 
 def _first_line(error: BaseException | str) -> str:

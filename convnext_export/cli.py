@@ -17,7 +17,7 @@ from .calibration.recipe import TARGETS
 from .calibration.sigmoid_gelu import GELU_FORMS
 from .config import size_names
 from .drift import drift_meaning
-from .export import DEFAULT_OPSET, MIN_OPSET
+from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .files import write_atomically
 from .isa import ISA_CHOICES
 from .options import (EXIT_CODES_EPILOG, CommandError, float_triple, json_option, quiet_option, reports_errors,
@@ -45,8 +45,8 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default=None)
 @click.option("--mean", callback=float_triple, default=None, help="Normalization mean, e.g. 0.485,0.456,0.406.")
 @click.option("--std", callback=float_triple, default=None, help="Normalization std, e.g. 0.229,0.224,0.225.")
-@click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True,
-              help="ONNX opset (17-19 decompose GELU).")
+@click.option("--opset", type=click.IntRange(min=MIN_OPSET, max=MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (17-19 decompose GELU).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Static batch size (default: dynamic).")
 @seed_option
 @click.option("--no-fuse", is_flag=True, help="Export the faithful, unfused graph.")
@@ -101,7 +101,10 @@ def _console(quiet: bool, json_path: str | None) -> Console:
               help="--trt: TensorRT builder optimization level 0-5 (default 3: TensorRT's).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory (default artifacts/convnext_<size>-<precision>/).")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
+@click.option("--force", is_flag=True,
+              help="Replace a non-empty --out directory. Never one that is, holds or lies in an input (--weights, "
+                   "--calib-data, --calib-cache), nor the current directory, a git work tree, the package or home "
+                   "(exit 2); one export at a time writes an --out (a second is refused, exit 2).")
 @quiet_option
 @json_option
 @reports_errors

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .errors import ConvNeXtExportError
-from .files import write_atomically
+from .files import json_text, write_atomically
 from .interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, signals_unwind
 
 EXIT_CODES_EPILOG = f"""\b
@@ -28,8 +28,9 @@ json_option = click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
     help="Write a machine-readable summary to FILE ('-' for stdout).",
 )
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
-                           help="Seed for random weights and generated inputs.")
+MAX_SEED = 2**63 - 1  # torch.manual_seed and NumPy both take it; seeds are offset (seed + 1) for drift inputs
+seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+                           help="Seed for random weights and generated inputs (0 to 2**63-1).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="Intra-op threads for every runtime (default: all cores).")
 
@@ -75,13 +76,19 @@ def float_triple(ctx: click.Context, param: click.Parameter, value: str | None) 
         numbers = ()
     if len(numbers) != 3:
         raise click.BadParameter(f"{value!r}: give three comma-separated numbers, e.g. 0.485,0.456,0.406")
+    if not all(math.isfinite(n) for n in numbers):
+        raise click.BadParameter(f"{value!r}: every value must be a finite number (not nan or inf), "
+                                 f"e.g. 0.485,0.456,0.406")
+    if param.name == "std" and min(numbers) <= 0:
+        raise click.BadParameter(f"{value!r}: a standard deviation divides the pixels, so each must be > 0, "
+                                 f"e.g. 0.229,0.224,0.225")
     return numbers  # type: ignore[return-value]
 
 
 def write_json(path: str | None, payload: dict) -> None:
     if path is None:
         return
-    text = json.dumps(payload, indent=2, default=str) + "\n"
+    text = json_text(payload)
     if path == "-":
         sys.stdout.write(text)
         return

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,20 +16,22 @@ import onnx
 import torch
 
 from . import __version__
-from .artifact import Artifact, WeightsSource, file_sha256, staged_directory, write_manifest
+from .artifact import Artifact, WeightsSource, file_sha256, scratch_inside, staged_directory, write_manifest
 from .backends.onnxruntime import OnnxRuntimeBackend
 from .calibration.cache import CACHE_FILE
+from .calibration.data import DEFAULT_HOLDOUT
 from .calibration.int8 import Int8Options
 from .calibration.recipe import TARGETS
 from .config import ConvNeXtConfig, get_config, UnknownSizeError
 from .drift import drift_meaning, drift_metrics
-from .errors import InputError
+from .errors import ConvNeXtExportError, InputError
 from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
 from .fusion import FUSIONS, fuse_model
 from .memory import check_export_memory
 from .model import ConvNeXt, build_model
 from .preprocess import Preprocessing, torchvision_preprocessing
 from .progress import ProgressCallback, no_progress
+from .protected import check_out_spares
 from .tensorrt.build import EngineBuildSettings
 
 DRIFT_SAMPLES = 4
@@ -73,6 +75,12 @@ class ExportRequest:
     int8: Int8Options = field(default_factory=Int8Options)  # calibration, exclusions, drift budget
     fp16_io: bool = False  # FP16 inputs/outputs (default FP32 I/O around an FP16 graph)
     engine: EngineBuildSettings | None = None  # --trt: also build model.engine (TensorRT) from the final ONNX
+
+    def inputs(self) -> dict[str, Path | None]:
+        """The files and folders the export reads, by option: ``--out`` must spare them."""
+        int8 = self.int8 if self.precision == "int8" else Int8Options()
+        return {"--weights": self.weights, "--calib-data": int8.calib_data, "--calib-cache": int8.calib_cache,
+                "--timing-cache": self.engine.timing_cache if self.engine is not None else None}
 
     def default_out(self, config: ConvNeXtConfig) -> Path:
         suffix = "-tensorrt" if self.precision == "int8" and self.target == "tensorrt" else ""
@@ -118,8 +126,11 @@ def sidecar_preprocessing(weights: Path) -> tuple[Preprocessing, Path] | None:
             continue
         try:
             return Preprocessing.from_dict(data), candidate
-        except (KeyError, TypeError, ValueError) as error:
+        except KeyError as error:
             raise InputError(f"{candidate}: sidecar lacks preprocessing field {error}") from None
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{candidate}: the sidecar's preprocessing cannot be used ({error}); fix or remove "
+                             f"it") from None
     return None
 
 
@@ -127,10 +138,7 @@ def load_reference(size: str | None, weights: Path | None, num_classes: int | No
                    overrides: PreprocessingOverrides = PreprocessingOverrides()) -> ReferenceModel:
     """The eager reference: a checkpoint (size inferred) or seeded random weights."""
     if weights is None:
-        try:
-            config = get_config(size or "tiny", num_classes)
-        except UnknownSizeError as error:
-            raise InputError(str(error)) from None
+        config = requested_config(size, num_classes)
         return ReferenceModel(build_model(config, seed), config, WeightsSource(seed=seed),
                               overrides.apply(Preprocessing()))
     from .checkpoints import load_checkpoint
@@ -182,6 +190,8 @@ def onnx_metadata(reference: ReferenceModel, fusions: dict[str, int], precision:
 
 
 def validate_request(request: ExportRequest) -> None:
+    if request.out is not None:
+        check_out_spares(request.out, request.inputs())
     check_opset(request.opset)
     if request.batch is not None and request.batch < 1:
         raise InputError(f"--batch {request.batch}: a static batch must be >= 1 (omit it for a dynamic batch)")
@@ -257,14 +267,51 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
 
         runtime = require_tensorrt("--trt")
     started = time.perf_counter()
+    if request.weights is None:  # random weights: the model (its head) is checked before it is built
+        config = requested_config(request.size, request.num_classes)
+        check_export_memory(config, request.preprocessing.image_size or Preprocessing().image_size,
+                            request.precision, request.batch)
     reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
+    held = 0
     if request.precision == "int8":  # --calib-data against the model's input size, known now
         request.int8.validate(request.target, reference.preprocessing)
+        held = calibration_images_held(request.int8, reference.preprocessing)
     check_export_memory(reference.config, reference.preprocessing.image_size, request.precision, request.batch,
-                        request.int8.calib_size if request.precision == "int8" else 0, log)
+                        held, log)
     out = request.out or request.default_out(reference.config)
-    with (staged_directory(out, request.force, log) as staging,
-          tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work):
+    check_out_spares(out, request.inputs())
+    try:
+        return _write_artifact(request, reference, out, runtime, started, log, progress)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        raise ConvNeXtExportError(f"--out {out}: the disk is full ({error.strerror}{where}); nothing was written: "
+                                  f"free some space, or choose an --out on another disk") from None
+
+
+def requested_config(size: str | None, num_classes: int | None) -> ConvNeXtConfig:
+    """The config of a random-weights export (default tiny), or a usage error naming the valid sizes."""
+    try:
+        return get_config(size or "tiny", num_classes)
+    except UnknownSizeError as error:
+        raise InputError(str(error)) from None
+
+
+def calibration_images_held(options: Int8Options, preprocessing: Preprocessing) -> int:
+    """Images the INT8 step holds at once: --calib-size plus the hold-out, at most what --calib-data has."""
+    if options.calib_data is None:
+        return options.calib_size + (options.holdout if options.holdout is not None else 0)
+    from .datasets import open_dataset
+
+    wanted = options.calib_size + (DEFAULT_HOLDOUT if options.holdout is None else options.holdout)
+    return len(open_dataset(options.calib_data, preprocessing, limit=wanted, seed=options.seed))
+
+
+def _write_artifact(request: ExportRequest, reference: ReferenceModel, out: Path, runtime, started: float, log,
+                    progress: ProgressCallback) -> ExportResult:
+    """The export proper, into a staged folder that replaces ``out`` only when every step succeeded."""
+    with staged_directory(out, request.force, log) as staging, scratch_inside(staging) as work:
         kept_layer_scale: set[str] = set()
         if request.fuse and request.precision == "fp16":
             from .fp16 import blocks_keeping_layer_scale
