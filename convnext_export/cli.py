@@ -15,13 +15,12 @@ from .calibration.int8 import DEFAULT_METHOD, Int8Options
 from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .calibration.recipe import TARGETS
 from .calibration.sigmoid_gelu import GELU_FORMS
-from .config import size_names
 from .drift import drift_meaning
 from .export import DEFAULT_OPSET, MIN_OPSET
 from .files import write_atomically
 from .isa import ISA_CHOICES
-from .options import (EXIT_CODES_EPILOG, CommandError, float_triple, json_option, quiet_option, reports_errors,
-                      seed_option, threads_option, write_json)
+from .options import (EXIT_CODES_EPILOG, MODEL_NAMES, WEIGHTS, CommandError, float_triple, json_option, quiet_option,
+                      reports_errors, seed_option, threads_option, version_option, write_json)
 from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
 from .preprocess import INTERPOLATIONS
 from .progress import ProgressBars
@@ -35,10 +34,12 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_EPILOG)
-@click.option("--size", type=click.Choice(size_names()), default=None,
-              help="Model size (default tiny; inferred from --weights when given).")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Checkpoint (.pth/.pt/.bin/.safetensors): official, timm, torchvision or Hugging Face layout.")
+@click.option("--size", metavar="NAME", default=None,
+              help=f"Model: {MODEL_NAMES} [default: tiny; inferred from --weights].")
+@click.option("--weights", type=WEIGHTS, default=None,
+              help="Checkpoint (.pth/.pt/.bin/.safetensors) in the official, timm, torchvision or Hugging Face "
+                   "layout, or published weights as hf-hub:OWNER/NAME[@REVISION], e.g. "
+                   "hf-hub:timm/convnext_tiny.fb_in1k (pip install 'convnext-export[hub]').")
 @click.option("--num-classes", type=int, default=None, help="Classes (default 1000, or the checkpoint's).")
 @click.option("--image-size", type=click.IntRange(min=32), default=None, help="Input resolution (default 224).")
 @click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), default=None, help="Center-crop fraction.")
@@ -104,6 +105,7 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
 @quiet_option
 @json_option
+@version_option
 @reports_errors
 def export_command(size, weights, num_classes, image_size, crop_pct, interpolation, mean, std, opset, batch, seed,
                    no_fuse, fp16, fp16_io, int8, target, calib_data, calib_size, calib_method, calib_percentile,
@@ -325,12 +327,12 @@ def _default_backends() -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_EPILOG)
 @click.argument("artifact_dirs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--size", type=click.Choice(size_names()), default=None,
-              help="Size of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given "
-                   "(default tiny; inferred from --weights).")
+@click.option("--size", metavar="NAME", default=None,
+              help=f"Model of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given: {MODEL_NAMES} "
+                   "[default: tiny; inferred from --weights].")
 @click.option("--image-size", type=click.IntRange(min=32), default=None, help="Resolution of the default set (224).")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Checkpoint for the default set (default: seeded random weights).")
+@click.option("--weights", type=WEIGHTS, default=None,
+              help="Checkpoint file or hf-hub:OWNER/NAME id for the default set [default: seeded random weights].")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the default set's exports here (default: a temporary directory).")
 @click.option("--backends", default=_default_backends, show_default=True, callback=_backend_list,
@@ -368,6 +370,7 @@ def _default_backends() -> str:
 @click.option("--from-json", "from_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Report (and gate) an earlier --json run instead of running the benchmark.")
 @click.option("--allow-missing", is_flag=True, help="Rows missing on either side do not fail the gate.")
+@version_option
 @reports_errors
 def bench_command(artifact_dirs, size, image_size, weights, work, backends, batches, threads, warmup, iters, min_time,
                   block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import functools
 import json
+import platform
 import sys
 from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import click
 
+from . import __version__
+from .config import size_names
 from .errors import ConvNeXtExportError
+from .hub import HUB_PREFIX
 from .files import write_atomically
 from .interrupts import INTERRUPTED_EXIT, TERMINATED_EXIT, Terminated, signals_unwind
 
@@ -32,6 +38,48 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seed for random weights and generated inputs.")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="Intra-op threads for every runtime (default: all cores).")
+
+
+# Libraries whose versions decide what an artifact computes, then the optional runtimes and the hub client.
+VERSIONED = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy")
+OPTIONAL = ("huggingface_hub", "timm", "openvino", "tensorrt")
+
+
+def version_message() -> str:
+    """``--version``: this package, Python and the key libraries (read from their metadata, none imported)."""
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    required = ", ".join(f"{name} {version(name)}" for name in VERSIONED)
+    optional = ", ".join(f"{name} {version(name)}" for name in OPTIONAL)
+    return (f"%(prog)s %(version)s\npython {platform.python_version()}, {required}\noptional: {optional}")
+
+
+def version_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.version_option(__version__, "--version", message=version_message(),
+                                help="Show the version, with Python's and the key libraries', and exit.")(command)
+
+
+MODEL_NAMES = (f"a size ({', '.join(size_names())}) or timm's name: convnext_tiny, or with a pretrained tag, "
+               f"convnext_tiny.fb_in1k, whose preprocessing it selects")
+
+
+class WeightsParam(click.ParamType):
+    """--weights: a checkpoint file that exists, or an ``hf-hub:OWNER/NAME[@REVISION]`` id (resolved later)."""
+
+    name = "FILE|hf-hub:ID"
+    _file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, str) and value.startswith(HUB_PREFIX):
+            return value
+        return self._file.convert(value, param, ctx)
+
+
+WEIGHTS = WeightsParam()
 
 
 class CommandError(click.ClickException):
