@@ -77,8 +77,8 @@ def fetch_weights(hub_id: HubId, log: Callable[[str], None] = lambda message: No
     disable_progress_bars()  # the exporter's log says what is fetched; the hub's bars would break --quiet
     path, uncached = None, []
     for filename in WEIGHTS_FILES:
-        try:
-            path = _download(hub, hub_id, filename, log)
+        try:  # once the hub proved unreachable, only the cache is asked (each online try retries for ~30 s)
+            path = _download(hub, hub_id, filename, log, local_only=bool(uncached))
         except _NotCached:
             uncached.append(filename)
             continue
@@ -94,7 +94,7 @@ def fetch_weights(hub_id: HubId, log: Callable[[str], None] = lambda message: No
         raise InputError(f"--weights {hub_id}: the repository has none of {', '.join(WEIGHTS_FILES)}; "
                          f"download its checkpoint and pass the local file with --weights PATH")
     try:
-        config_path = _download(hub, hub_id, CONFIG_FILE, log)
+        config_path = _download(hub, hub_id, CONFIG_FILE, log, local_only=bool(uncached))
     except _NotCached:
         config_path = None
     architecture, preprocessing = read_hub_config(config_path) if config_path is not None else (None, None)
@@ -132,11 +132,12 @@ def _require_hub(hub_id: HubId):
     return huggingface_hub
 
 
-def _download(hub, hub_id: HubId, filename: str, log: Callable[[str], None]) -> Path | None:
+def _download(hub, hub_id: HubId, filename: str, log: Callable[[str], None], local_only: bool = False) -> Path | None:
     """The cached file (downloaded if needed), None when the repository has no such file."""
     errors = hub.errors
     try:
-        path = Path(hub.hf_hub_download(hub_id.repo_id, filename, revision=hub_id.revision))
+        path = Path(hub.hf_hub_download(hub_id.repo_id, filename, revision=hub_id.revision,
+                                        local_files_only=local_only))
     except errors.LocalEntryNotFoundError:  # offline or unreachable, and not cached (before EntryNotFoundError:
         raise _NotCached(filename) from None  # it subclasses it)
     except errors.EntryNotFoundError:  # reached the hub: the repository has no such file
