@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .calibration.data import DEFAULT_CALIB_SIZE, DEFAULT_HOLDOUT
-from .calibration.int8 import DEFAULT_METHOD, Int8Options
+from .calibration.int8 import DEFAULT_METHOD
 from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .calibration.recipe import TARGETS
 from .calibration.sigmoid_gelu import GELU_FORMS
@@ -21,11 +21,11 @@ from .files import write_atomically
 from .isa import ISA_CHOICES
 from .options import (EXIT_CODES_EPILOG, MODEL_NAMES, WEIGHTS, CommandError, float_triple, json_option, quiet_option,
                       reports_errors, seed_option, threads_option, version_option, write_json)
-from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
+from .api import bench, export_request
+from .pipeline import ExportResult, export_artifact
 from .preprocess import INTERPOLATIONS
 from .progress import ProgressBars
-from .tensorrt.build import EngineBuildSettings, parse_workspace
-from .tensorrt.profiles import DEFAULT_MAX_BATCH, batch_profile
+from .tensorrt.profiles import DEFAULT_MAX_BATCH
 
 
 def _console(quiet: bool, json_path: str | None) -> Console:
@@ -112,42 +112,15 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
                    exclude, max_drift, gelu, isa, holdout, calib_cache, trt, min_batch, opt_batch, max_batch, workspace, timing_cache,
                    builder_opt_level, out, force, quiet, json_path) -> None:
     """Export a ConvNeXt to fused ONNX with a manifest, checked against the eager model."""
-    if fp16 and int8:
-        raise click.UsageError("--fp16 and --int8 exclude each other: pick one precision")
-    if fp16_io and not fp16:
-        raise click.UsageError("--fp16-io applies to --fp16 only")
-    int8_only = {"--calib-data": calib_data, "--calib-size": calib_size, "--calib-method": calib_method,
-                 "--calib-percentile": calib_percentile, "--exclude": exclude, "--max-drift": max_drift,
-                 "--gelu": gelu, "--isa": isa, "--holdout": holdout, "--calib-cache": calib_cache}
-    given = [flag for flag, value in int8_only.items() if value not in (None, ())]
-    if given and not int8:
-        raise click.UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --int8 only")
-    if target == "cpu" and trt:
-        raise click.UsageError("--trt builds for TensorRT: it takes the tensorrt INT8 layout, not --target cpu")
-    target = "tensorrt" if trt else (target or "cpu")
-    trt_only = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch, "--workspace": workspace,
-                "--timing-cache": timing_cache, "--builder-opt-level": builder_opt_level}
-    given = [flag for flag, value in trt_only.items() if value is not None]
-    if given and not trt:
-        raise click.UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --trt only")
-    engine = EngineBuildSettings(
-        profile=batch_profile(batch, min_batch, opt_batch, max_batch),
-        workspace_bytes=parse_workspace(workspace) if workspace is not None else None,
-        timing_cache=timing_cache, optimization_level=builder_opt_level,
-    ) if trt else None
+    request = export_request(
+        size=size, weights=weights, num_classes=num_classes, image_size=image_size, crop_pct=crop_pct,
+        interpolation=interpolation, mean=mean, std=std, opset=opset, batch=batch, seed=seed, fuse=not no_fuse,
+        fp16=fp16, fp16_io=fp16_io, int8=int8, target=target, calib_data=calib_data, calib_size=calib_size,
+        calib_method=calib_method, calib_percentile=calib_percentile, exclude=exclude, max_drift=max_drift, gelu=gelu,
+        isa=isa, holdout=holdout, calib_cache=calib_cache, trt=trt, min_batch=min_batch, opt_batch=opt_batch,
+        max_batch=max_batch, workspace=workspace, timing_cache=timing_cache, builder_opt_level=builder_opt_level,
+        out=out, force=force)
     console = _console(quiet, json_path)
-    int8_options = Int8Options(
-        calib_data=calib_data, calib_size=calib_size or DEFAULT_CALIB_SIZE, calib_method=calib_method or DEFAULT_METHOD,
-        calib_percentile=DEFAULT_PERCENTILE if calib_percentile is None else calib_percentile,
-        exclude=tuple(exclude), max_drift=max_drift, calib_cache=calib_cache, seed=seed, gelu=gelu or "exact",
-        isa=isa or "host", holdout=holdout,
-    )
-    request = ExportRequest(
-        size=size, weights=weights, num_classes=num_classes, seed=seed, opset=opset, batch=batch, fuse=not no_fuse,
-        preprocessing=PreprocessingOverrides(image_size, crop_pct, interpolation, mean, std), out=out, force=force,
-        precision="int8" if int8 else "fp16" if fp16 else "fp32", target=target, int8=int8_options, fp16_io=fp16_io,
-        engine=engine,
-    )
     with ProgressBars(console, disabled=quiet or json_path == "-") as progress:
         result = export_artifact(request, log=lambda message: console.log(escape(message)), progress=progress)
     print_export_summary(console, result)
@@ -155,15 +128,7 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
 
 
 def export_summary(result: ExportResult) -> dict:
-    artifact = result.artifact
-    return {
-        "artifact": str(artifact.directory),
-        "model": str(artifact.model_path),
-        "size_bytes": result.size_bytes,
-        "seconds": round(result.seconds, 2),
-        "op_census": result.op_census,
-        "manifest": artifact.to_dict(),
-    }
+    return result.to_dict()
 
 
 def print_export_summary(console: Console, result: ExportResult) -> None:
@@ -173,7 +138,8 @@ def print_export_summary(console: Console, result: ExportResult) -> None:
     table.add_row("config", f"{artifact.config.name}, {artifact.config.num_classes} classes, "
                             f"{artifact.preprocessing.image_size}px, {artifact.precision}, opset {artifact.opset}")
     weights = artifact.weights
-    table.add_row("weights", f"{weights.path} ({weights.layout} layout)" if weights.path else f"random, seed {weights.seed}")
+    table.add_row("weights", (f"{weights.hub}: " if weights.hub else "") + f"{weights.path} ({weights.layout} layout)"
+                  if weights.path else f"random, seed {weights.seed}")
     table.add_row("ops", ", ".join(f"{op} {n}" for op, n in result.op_census.items()))
     applied = [f"{name} x{n}" for name, n in artifact.fusions.items() if n]
     table.add_row("fusions", ", ".join(applied) or "none (--no-fuse)")
@@ -376,38 +342,20 @@ def bench_command(artifact_dirs, size, image_size, weights, work, backends, batc
                   block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,
                   max_regression, absolute, from_json, allow_missing) -> None:
     """Time artifacts on every backend beside the eager model, measure their drift, report, gate."""
-    from .bench import BenchRequest, TimingPlan
-    from .bench.defaults import DefaultSet, run_benchmark
-    from .bench.gate import load_report, parse_regression
-    from .bench.runner import SCHEMA, validate_request
-
     if json_path == "-" and markdown_path == "-":
         raise click.UsageError("--json - and --markdown - both want stdout; write one of them to a file")
     console = _console(quiet, "-" if "-" in (json_path, markdown_path) else None)
     if not console.is_terminal:  # logs and CI: room for the whole table instead of 80 columns
         console.width = max(console.width, 150)
-    tolerance = parse_regression(max_regression)
-    baseline_report = load_report(baseline, SCHEMA) if baseline else None
-    request = BenchRequest(artifacts=tuple(artifact_dirs), backends=backends, batches=batches, threads=threads,
-                           plan=TimingPlan(warmup=warmup, iters=iters, min_time=min_time, block=block), data=data,
-                           limit=limit, seed=seed, profile_dir=profile_dir, cold_start=cold_start,
-                           cuda_graph=cuda_graph)
-    validate_request(request)
-    if from_json is not None:
-        report = load_report(from_json, SCHEMA, "--from-json")
-        report.pop("gate", None)
-    else:
-        with ProgressBars(console, disabled=quiet or "-" in (json_path, markdown_path)) as progress:
-            defaults = DefaultSet(size or (None if weights else "tiny"), image_size, weights, seed, work)
-            report = run_benchmark(request, defaults,
-                                   log=lambda message: console.log(escape(message)), progress=progress)
-    if baseline_report is not None:
-        from .bench.gate import compare
-
-        report["gate"] = {"baseline": str(baseline),
-                          **compare(baseline_report, report, tolerance, absolute, allow_missing).to_dict()}
+    with ProgressBars(console, disabled=quiet or "-" in (json_path, markdown_path) or from_json is not None) as progress:
+        report = bench(artifact_dirs, size=size, image_size=image_size, weights=weights, work=work, backends=backends,
+                       batches=batches, threads=threads, warmup=warmup, iters=iters, min_time=min_time, block=block,
+                       cold_start=cold_start, cuda_graph=cuda_graph, data=data, limit=limit, seed=seed,
+                       profile_dir=profile_dir, baseline=baseline, max_regression=max_regression, absolute=absolute,
+                       allow_missing=allow_missing, from_json=from_json,
+                       log=lambda message: console.log(escape(message)), progress=progress)
     _bench_outputs(report, console, json_path, markdown_path, plot_path)
-    if baseline_report is not None:
+    if baseline is not None:
         _bench_verdict(report["gate"], console)
 
 

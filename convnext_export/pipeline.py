@@ -88,6 +88,17 @@ class ExportResult:
     seconds: float
     size_bytes: int
 
+    def to_dict(self) -> dict:
+        """What ``convnext-export --json`` writes."""
+        return {
+            "artifact": str(self.artifact.directory),
+            "model": str(self.artifact.model_path),
+            "size_bytes": self.size_bytes,
+            "seconds": round(self.seconds, 2),
+            "op_census": self.op_census,
+            "manifest": self.artifact.to_dict(),
+        }
+
 
 @dataclass(frozen=True)
 class ReferenceModel:
