@@ -2,16 +2,17 @@
 
     import convnext_export
 
-    result = convnext_export.export(size="convnext_tiny.fb_in1k", weights="hf-hub:timm/convnext_tiny.fb_in1k",
+    result = convnext_export.export_model(size="convnext_tiny.fb_in1k", weights="hf-hub:timm/convnext_tiny.fb_in1k",
                                     int8=True, calib_data="images/", out="build/tiny-int8")
     result.artifact.model_path, result.artifact.drift, result.to_dict()   # what --json writes
-    report = convnext_export.bench([result.artifact.directory], batches=(1, 8), threads=1)
+    report = convnext_export.benchmark([result.artifact.directory], batches=(1, 8), threads=1)
     report["rows"], report["summary"]                                     # what --json writes
 
 Keyword arguments are the commands' options (``--calib-size`` -> ``calib_size``) with the same defaults, and
 the CLI builds its requests through these same functions, so an option combination refused on the command
 line is refused here with the same message (``InputError``, exit code 2 there). Failures raise
-``ConvNeXtExportError`` (exit code 1 there).
+``ConvNeXtExportError`` (exit code 1 there). (They are not called ``export`` and ``bench``: those names are the
+package's modules ``convnext_export.export`` and ``convnext_export.bench``.)
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def export_request(*, size: str | None = None, weights: Path | str | None = None
     )
 
 
-def export(*, log: Log | None = None, progress: ProgressCallback | None = None, **options) -> ExportResult:
+def export_model(*, log: Log | None = None, progress: ProgressCallback | None = None, **options) -> ExportResult:
     """Export one artifact, as ``convnext-export`` does; ``options`` are ``export_request``'s. Returns the result
     the CLI prints (``result.to_dict()`` is what its ``--json`` writes). ``log`` gets the CLI's log lines,
     ``progress(label, done, total)`` the long steps."""
@@ -103,7 +104,7 @@ def export(*, log: Log | None = None, progress: ProgressCallback | None = None, 
                            progress=progress or no_progress)
 
 
-def bench(artifacts: Sequence[Path | str] = (), *, size: str | None = None, image_size: int | None = None,
+def benchmark(artifacts: Sequence[Path | str] = (), *, size: str | None = None, image_size: int | None = None,
           weights: Path | str | None = None, work: Path | str | None = None,
           backends: Sequence[str] | str | None = None, batches: Sequence[int] = (1,), threads: int | None = None,
           warmup: int = 5, iters: int = 50, min_time: float = 0.0, block: int = 5, cold_start: bool = True,

@@ -21,7 +21,7 @@ from .files import write_atomically
 from .isa import ISA_CHOICES
 from .options import (EXIT_CODES_EPILOG, MODEL_NAMES, WEIGHTS, CommandError, float_triple, json_option, quiet_option,
                       reports_errors, seed_option, threads_option, version_option, write_json)
-from .api import bench, export_request
+from .api import benchmark, export_request
 from .pipeline import ExportResult, export_artifact
 from .preprocess import INTERPOLATIONS
 from .progress import ProgressBars
@@ -348,12 +348,13 @@ def bench_command(artifact_dirs, size, image_size, weights, work, backends, batc
     if not console.is_terminal:  # logs and CI: room for the whole table instead of 80 columns
         console.width = max(console.width, 150)
     with ProgressBars(console, disabled=quiet or "-" in (json_path, markdown_path) or from_json is not None) as progress:
-        report = bench(artifact_dirs, size=size, image_size=image_size, weights=weights, work=work, backends=backends,
-                       batches=batches, threads=threads, warmup=warmup, iters=iters, min_time=min_time, block=block,
-                       cold_start=cold_start, cuda_graph=cuda_graph, data=data, limit=limit, seed=seed,
-                       profile_dir=profile_dir, baseline=baseline, max_regression=max_regression, absolute=absolute,
-                       allow_missing=allow_missing, from_json=from_json,
-                       log=lambda message: console.log(escape(message)), progress=progress)
+        report = benchmark(artifact_dirs, size=size, image_size=image_size, weights=weights, work=work,
+                           backends=backends,
+                           batches=batches, threads=threads, warmup=warmup, iters=iters, min_time=min_time,
+                           block=block, cold_start=cold_start, cuda_graph=cuda_graph, data=data, limit=limit, seed=seed,
+                           profile_dir=profile_dir, baseline=baseline, max_regression=max_regression,
+                           absolute=absolute, allow_missing=allow_missing, from_json=from_json,
+                           log=lambda message: console.log(escape(message)), progress=progress)
     _bench_outputs(report, console, json_path, markdown_path, plot_path)
     if baseline is not None:
         _bench_verdict(report["gate"], console)
