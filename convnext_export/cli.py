@@ -28,6 +28,10 @@ from .progress import ProgressBars
 from .tensorrt.profiles import DEFAULT_MAX_BATCH
 
 
+# Where preprocessing comes from when no option sets it (pipeline.load_reference).
+WEIGHTS_PREPROCESSING = "the weights' (pretrained tag, hub config.json, checkpoint sidecar, torchvision layout)"
+
+
 def _console(quiet: bool, json_path: str | None) -> Console:
     # With --json - the summary owns stdout; human output goes to stderr.
     return Console(stderr=json_path == "-", quiet=quiet, highlight=False, log_path=False)
@@ -39,13 +43,20 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--weights", type=WEIGHTS, default=None,
               help="Checkpoint (.pth/.pt/.bin/.safetensors) in the official, timm, torchvision or Hugging Face "
                    "layout, or published weights as hf-hub:OWNER/NAME[@REVISION], e.g. "
-                   "hf-hub:timm/convnext_tiny.fb_in1k (pip install 'convnext-export[hub]').")
+                   "hf-hub:timm/convnext_tiny.fb_in1k (pip install 'convnext-export[hub]') "
+                   "[default: seeded random weights].")
 @click.option("--num-classes", type=int, default=None, help="Classes (default 1000, or the checkpoint's).")
-@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Input resolution (default 224).")
-@click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), default=None, help="Center-crop fraction.")
-@click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default=None)
-@click.option("--mean", callback=float_triple, default=None, help="Normalization mean, e.g. 0.485,0.456,0.406.")
-@click.option("--std", callback=float_triple, default=None, help="Normalization std, e.g. 0.229,0.224,0.225.")
+@click.option("--image-size", type=click.IntRange(min=32), default=None,
+              help=f"Input resolution [default: {WEIGHTS_PREPROCESSING}, else 224].")
+@click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help=f"Center-crop fraction: the short side is resized to image-size / crop-pct, then cropped "
+                   f"[default: {WEIGHTS_PREPROCESSING}, else 0.875].")
+@click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default=None,
+              help=f"Resize filter [default: {WEIGHTS_PREPROCESSING}, else bicubic].")
+@click.option("--mean", callback=float_triple, default=None,
+              help=f"Normalization mean, e.g. 0.485,0.456,0.406 [default: {WEIGHTS_PREPROCESSING}, else ImageNet's].")
+@click.option("--std", callback=float_triple, default=None,
+              help=f"Normalization std, e.g. 0.229,0.224,0.225 [default: {WEIGHTS_PREPROCESSING}, else ImageNet's].")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset (17-19 decompose GELU).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Static batch size (default: dynamic).")
@@ -55,13 +66,14 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 inputs and outputs too.")
 @click.option("--int8", is_flag=True, help="Calibrated INT8 Q/DQ model.")
 @click.option("--target", type=click.Choice(TARGETS), default=None,
-              help="INT8 Q/DQ layout: cpu (u8 activations, the fast path here; default) or tensorrt "
-                   "(symmetric int8, zero point 0; implied by --trt).")
+              help="INT8 Q/DQ layout: cpu (u8 activations: ONNX Runtime's fast x86 integer kernels) or tensorrt "
+                   "(symmetric int8, zero point 0; implied by --trt) [default: cpu].")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None,
               help="Calibration images: a folder (class subfolders or flat), or a .npy/.npz array "
                    "(default: synthetic noise, with a warning).")
 @click.option("--calib-size", type=click.IntRange(min=1), default=None,
-              help=f"Calibration images, a seeded subset; 1/8 is held out to validate [default: {DEFAULT_CALIB_SIZE}].")
+              help=f"Calibration images, a seeded subset of --calib-data; --holdout more images validate the result "
+                   f"[default: {DEFAULT_CALIB_SIZE}].")
 @click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help=f"How ranges are set from the activations [default: {DEFAULT_METHOD}].")
 @click.option("--calib-percentile", type=float, default=None,
@@ -90,10 +102,12 @@ def _console(quiet: bool, json_path: str | None) -> Console:
               help="Also build model.engine with TensorRT 10/11 from the final ONNX (strongly typed: the ONNX's "
                    "FP16 casts / INT8 Q/DQ decide precision). Needs an NVIDIA GPU and "
                    "pip install 'convnext-export[tensorrt]'.")
-@click.option("--min-batch", type=int, default=None, help="--trt, dynamic batch: smallest batch the engine takes [1].")
-@click.option("--opt-batch", type=int, default=None, help="--trt, dynamic batch: batch TensorRT tunes for [min].")
+@click.option("--min-batch", type=int, default=None,
+              help="--trt, dynamic batch: smallest batch the engine takes [default: 1].")
+@click.option("--opt-batch", type=int, default=None,
+              help="--trt, dynamic batch: batch TensorRT tunes for [default: --min-batch].")
 @click.option("--max-batch", type=int, default=None,
-              help=f"--trt, dynamic batch: largest batch the engine takes [max({DEFAULT_MAX_BATCH}, opt)].")
+              help=f"--trt, dynamic batch: largest batch the engine takes [default: max({DEFAULT_MAX_BATCH}, --opt-batch)].")
 @click.option("--workspace", default=None, metavar="SIZE",
               help="--trt: builder workspace limit, e.g. 512MiB or 4GiB (default: TensorRT's, the GPU's memory).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -296,12 +310,13 @@ def _default_backends() -> str:
 @click.option("--size", metavar="NAME", default=None,
               help=f"Model of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given: {MODEL_NAMES} "
                    "[default: tiny; inferred from --weights].")
-@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Resolution of the default set (224).")
+@click.option("--image-size", type=click.IntRange(min=32), default=None,
+              help=f"Resolution of the default set [default: {WEIGHTS_PREPROCESSING}, else 224].")
 @click.option("--weights", type=WEIGHTS, default=None,
               help="Checkpoint file or hf-hub:OWNER/NAME id for the default set [default: seeded random weights].")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the default set's exports here (default: a temporary directory).")
-@click.option("--backends", default=_default_backends, show_default=True, callback=_backend_list,
+@click.option("--backends", default=_default_backends, show_default=_default_backends(), callback=_backend_list,
               help="Comma list; torch (eager) is always measured as the reference. Not installed: listed as skipped.")
 @click.option("--batch", "batches", default="1", show_default=True, callback=_batch_list, help="Batch sizes, e.g. 1,8.")
 @threads_option

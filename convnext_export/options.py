@@ -70,8 +70,11 @@ MODEL_NAMES = (f"a size ({', '.join(size_names())}) or timm's name: convnext_tin
 class WeightsParam(click.ParamType):
     """--weights: a checkpoint file that exists, or an ``hf-hub:OWNER/NAME[@REVISION]`` id (resolved later)."""
 
-    name = "FILE|hf-hub:ID"
+    name = "weights"
     _file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "FILE|hf-hub:ID"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
         if isinstance(value, str) and value.startswith(HUB_PREFIX):
