@@ -29,7 +29,7 @@ from .tensorrt.profiles import DEFAULT_MAX_BATCH
 
 
 # Where preprocessing comes from when no option sets it (pipeline.load_reference).
-WEIGHTS_PREPROCESSING = "the weights' (pretrained tag, hub config.json, checkpoint sidecar, torchvision layout)"
+WEIGHTS_PREPROCESSING = "the weights'"
 
 
 def _console(quiet: bool, json_path: str | None) -> Console:
@@ -47,7 +47,9 @@ def _console(quiet: bool, json_path: str | None) -> Console:
                    "[default: seeded random weights].")
 @click.option("--num-classes", type=int, default=None, help="Classes (default 1000, or the checkpoint's).")
 @click.option("--image-size", type=click.IntRange(min=32), default=None,
-              help=f"Input resolution [default: {WEIGHTS_PREPROCESSING}, else 224].")
+              help=f"Input resolution. Unset preprocessing options take what the weights name: a pretrained tag in "
+                   f"--size, the hub's config.json, a <checkpoint>.json or reference.json sidecar, the torchvision "
+                   f"layout's [default: {WEIGHTS_PREPROCESSING}, else 224].")
 @click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), default=None,
               help=f"Center-crop fraction: the short side is resized to image-size / crop-pct, then cropped "
                    f"[default: {WEIGHTS_PREPROCESSING}, else 0.875].")
@@ -316,7 +318,7 @@ def _default_backends() -> str:
               help="Checkpoint file or hf-hub:OWNER/NAME id for the default set [default: seeded random weights].")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the default set's exports here (default: a temporary directory).")
-@click.option("--backends", default=_default_backends, show_default=_default_backends(), callback=_backend_list,
+@click.option("--backends", default=_default_backends(), show_default=True, callback=_backend_list,
               help="Comma list; torch (eager) is always measured as the reference. Not installed: listed as skipped.")
 @click.option("--batch", "batches", default="1", show_default=True, callback=_batch_list, help="Batch sizes, e.g. 1,8.")
 @threads_option
