@@ -46,8 +46,12 @@ OPTIONAL = ("huggingface_hub", "timm", "openvino", "tensorrt")
 
 
 def version_message() -> str:
-    """``--version``: this package, Python and the key libraries (read from their metadata, none imported)."""
+    """``--version``: this package, Python and the key libraries (from their metadata; torch is imported anyway)."""
     def version(name: str) -> str:
+        if name == "torch":  # its build tag (+cpu, +cu130) is in the module's version, not the metadata's
+            import torch
+
+            return torch.__version__
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
