@@ -129,6 +129,9 @@ def resolve_model_name(name: str) -> ModelName:
     an unknown name lists the close matches."""
     architecture, dot, tag = name.partition(".")
     size = architecture if architecture in _SIZES else _TIMM_NAMES.get(architecture)
+    if size is None and architecture.startswith("convnextv2_"):  # until V2 builders register here
+        raise UnknownSizeError(f"{name!r} is ConvNeXt V2 (GRN), which this version does not build; "
+                               f"ConvNeXt V1 names are {', '.join(_TIMM_NAMES)}")
     if size is None:
         close = difflib.get_close_matches(name, [*_SIZES, *_TIMM_NAMES, *PRETRAINED], n=4, cutoff=0.6)
         raise UnknownSizeError(

@@ -60,6 +60,7 @@ def test_a_tag_selects_its_preprocessing_and_classes():
     ("resnet50", ["unknown ConvNeXt size 'resnet50'", "valid sizes"]),
     ("convnext_tiny.fb_in1kk", ["unknown pretrained tag 'fb_in1kk' for convnext_tiny", "close matches: fb_in1k"]),
     ("convnext_tiny.dinov3_lvd1689m", ["headless feature extractor", "convnext_tiny.fb_in1k"]),
+    ("convnextv2_tiny.fcmae_ft_in1k", ["ConvNeXt V2", "convnext_tiny"]),
 ])
 def test_unknown_names_list_close_matches(name, says):
     with pytest.raises(UnknownSizeError) as error:
