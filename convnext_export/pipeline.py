@@ -152,6 +152,9 @@ def load_reference(size: str | None, weights: Path | str | None, num_classes: in
         raise InputError(str(error)) from None
     tagged = name.pretrained.preprocessing if name is not None and name.pretrained is not None else None
     if weights is None:
+        if tagged is not None:
+            log(f"{name.timm_name}: its preprocessing and classes, with seeded random weights; "
+                f"--weights hf-hub:timm/{name.timm_name} loads its published weights")
         return ReferenceModel(build_model(config, seed), config, WeightsSource(seed=seed),
                               overrides.apply(tagged or Preprocessing()))
     from .checkpoints import load_checkpoint

@@ -67,3 +67,13 @@ def test_unknown_names_list_close_matches(name, says):
         resolve_model_name(name)
     for phrase in says:
         assert phrase in str(error.value)
+
+
+def test_a_tag_without_weights_says_the_weights_are_random_and_how_to_load_them():
+    from convnext_export.pipeline import load_reference
+
+    logged = []
+    reference = load_reference("convnext_atto.d2_in1k", None, None, 0, log=logged.append)
+    assert reference.weights.to_dict()["kind"] == "random" and reference.preprocessing.crop_pct == 0.875
+    assert logged == ["convnext_atto.d2_in1k: its preprocessing and classes, with seeded random weights; "
+                      "--weights hf-hub:timm/convnext_atto.d2_in1k loads its published weights"]
