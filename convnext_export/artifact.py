@@ -37,23 +37,26 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where the weights came from: a checkpoint file (path, sha256, layout) or a seed."""
+    """Where the weights came from: a checkpoint file (path, sha256, layout; ``hub``: the hf-hub id it was
+    fetched as, the path being the hub cache's copy) or a seed."""
 
     seed: int | None = None
     path: str | None = None
     sha256: str | None = None
     layout: str | None = None
+    hub: str | None = None
 
     def to_dict(self) -> dict:
         if self.path is None:
             return {"kind": "random", "seed": self.seed}
-        return {"kind": "checkpoint", "path": self.path, "sha256": self.sha256, "layout": self.layout}
+        return {"kind": "checkpoint", "path": self.path, "sha256": self.sha256, "layout": self.layout,
+                **({"hub": self.hub} if self.hub else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "WeightsSource":
         if data.get("kind") == "random":
             return cls(seed=int(data["seed"]))
-        return cls(path=data["path"], sha256=data["sha256"], layout=data.get("layout"))
+        return cls(path=data["path"], sha256=data["sha256"], layout=data.get("layout"), hub=data.get("hub"))
 
 
 @dataclass(frozen=True)

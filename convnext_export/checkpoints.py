@@ -338,10 +338,10 @@ def _infer_config(
         )
     if size is not None:
         try:
-            get_config(size)
+            requested = get_config(size).name  # timm's names too: convnext_tiny, convnext_tiny.fb_in1k
         except UnknownSizeError as error:
             raise InputError(str(error)) from None
-        if size != found.name:
+        if requested != found.name:
             raise InputError(
                 f"size {size!r} was requested, but {path} holds a ConvNeXt-{found.name} "
                 f"(depths {list(found.depths)}, dims {list(found.dims)}); use size {found.name!r} or leave it out"

@@ -1,9 +1,13 @@
-"""ConvNeXt sizes: one frozen config per published variant, in one registry."""
+"""ConvNeXt sizes: one frozen config per published variant, in one registry, under its own name (``tiny``)
+and timm's (``convnext_tiny``), with timm's pretrained tags (``convnext_tiny.fb_in1k``) and their preprocessing."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,20 @@ class UnknownSizeError(KeyError):
 
 
 _SIZES: dict[str, Callable[[], ConvNeXtConfig]] = {}
+_TIMM_NAMES: dict[str, str] = {}  # timm architecture name -> registered size
 
 
 def register_size(builder: Callable[[], ConvNeXtConfig]) -> Callable[[], ConvNeXtConfig]:
-    """Register a size under its builder's name (``convnext_tiny`` -> ``tiny``)."""
+    """Register a size under its builder's name, which is timm's architecture name (``convnext_tiny`` -> ``tiny``).
+
+    A ConvNeXt V2 builder joins the same registry under its timm name (``convnextv2_tiny``); its size name is
+    that name without the V1 prefix, so it cannot collide with V1's ``tiny``.
+    """
     name = builder.__name__.removeprefix("convnext_")
     if name in _SIZES:
         raise ValueError(f"ConvNeXt size {name!r} is registered twice")
     _SIZES[name] = builder
+    _TIMM_NAMES[builder.__name__] = name
     return builder
 
 
@@ -78,13 +88,78 @@ def size_names() -> list[str]:
     return list(_SIZES)
 
 
-def get_config(size: str, num_classes: int | None = None) -> ConvNeXtConfig:
-    try:
-        config = _SIZES[size]()
-    except KeyError:
+def timm_names() -> list[str]:
+    """timm's architecture names of the registered sizes (``convnext_atto`` ...)."""
+    return list(_TIMM_NAMES)
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """What a timm pretrained tag evaluates with (its ``pretrained_cfg``): input size, crop, interpolation,
+    mean/std, classes. Recorded from timm/models/convnext.py ``default_cfgs`` (timm 1.0.31), not read from timm."""
+
+    image_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 1000
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.image_size, self.crop_pct, self.interpolation, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """What a ``--size`` names: a registered size and, for a pretrained tag, the tag and its preprocessing."""
+
+    size: str
+    tag: str | None = None
+    pretrained: PretrainedConfig | None = None
+
+    @property
+    def timm_name(self) -> str:
+        architecture = next(timm for timm, size in _TIMM_NAMES.items() if size == self.size)
+        return f"{architecture}.{self.tag}" if self.tag else architecture
+
+
+def resolve_model_name(name: str) -> ModelName:
+    """``tiny``, ``convnext_tiny`` or ``convnext_tiny.fb_in1k`` -> the registered size (and the tag's config);
+    an unknown name lists the close matches."""
+    architecture, dot, tag = name.partition(".")
+    size = architecture if architecture in _SIZES else _TIMM_NAMES.get(architecture)
+    if size is None and architecture.startswith("convnextv2_"):  # until V2 builders register here
+        raise UnknownSizeError(f"{name!r} is ConvNeXt V2 (GRN), which this version does not build; "
+                               f"ConvNeXt V1 names are {', '.join(_TIMM_NAMES)}")
+    if size is None:
+        close = difflib.get_close_matches(name, [*_SIZES, *_TIMM_NAMES, *PRETRAINED], n=4, cutoff=0.6)
         raise UnknownSizeError(
-            f"unknown ConvNeXt size {size!r}; valid sizes: {', '.join(_SIZES)}"
-        ) from None
+            f"unknown ConvNeXt size {name!r}" + (f"; close matches: {', '.join(close)}" if close else "")
+            + f"; valid sizes: {', '.join(_SIZES)}, or timm's names ({', '.join(_TIMM_NAMES)}), with a pretrained "
+              f"tag such as convnext_tiny.fb_in1k (see --help)")
+    if not dot:
+        return ModelName(size)
+    full = f"{next(t for t, s in _TIMM_NAMES.items() if s == size)}.{tag}"
+    if full in PRETRAINED:
+        return ModelName(size, tag, PRETRAINED[full])
+    if tag in HEADLESS_TAGS:
+        raise UnknownSizeError(f"{name!r} is a headless feature extractor (no classifier): this tool exports "
+                               f"image classifiers; pick a tag with a head, e.g. {full.partition('.')[0]}.fb_in1k")
+    tags = [known.partition(".")[2] for known in PRETRAINED if known.partition(".")[0] == full.partition(".")[0]]
+    close = difflib.get_close_matches(tag, tags, n=4, cutoff=0.5)
+    raise UnknownSizeError(
+        f"unknown pretrained tag {tag!r} for {full.partition('.')[0]}"
+        + (f"; close matches: {', '.join(close)}" if close else "")
+        + (f"; its tags: {', '.join(tags)}" if tags else "; timm publishes no tags for it"))
+
+
+def get_config(size: str, num_classes: int | None = None) -> ConvNeXtConfig:
+    """The config a size names (any form ``resolve_model_name`` takes); a pretrained tag sets the classes."""
+    name = resolve_model_name(size)
+    config = _SIZES[name.size]()
+    if num_classes is None and name.pretrained is not None:
+        num_classes = name.pretrained.num_classes
     return config if num_classes is None else config.with_classes(num_classes)
 
 
@@ -141,3 +216,54 @@ def convnext_large() -> ConvNeXtConfig:
 @register_size
 def convnext_xlarge() -> ConvNeXtConfig:
     return ConvNeXtConfig("xlarge", (3, 3, 27, 3), (256, 512, 1024, 2048))
+
+
+# timm's pretrained tags for the registered sizes, from timm/models/convnext.py ``default_cfgs`` (timm 1.0.31;
+# tests/test_model_names.py checks every entry against the installed timm). All are on the Hugging Face Hub as
+# ``timm/<name>``. timm evaluates at ``input_size`` (its ``test_input_size`` is an opt-in), as recorded here.
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_IN22K, _IN12K, _CLIP = 21841, 11821, 640  # classes of the ImageNet-22k, -12k and CLIP-embedding heads
+
+
+def _clip(image_size: int, num_classes: int = 1000) -> PretrainedConfig:
+    return PretrainedConfig(image_size, 1.0, mean=_CLIP_MEAN, std=_CLIP_STD, num_classes=num_classes)
+
+
+PRETRAINED: dict[str, PretrainedConfig] = {
+    "convnext_atto.d2_in1k": PretrainedConfig(),
+    "convnext_femto.d1_in1k": PretrainedConfig(),
+    "convnext_pico.d1_in1k": PretrainedConfig(),
+    "convnext_nano.d1h_in1k": PretrainedConfig(crop_pct=0.95),
+    "convnext_nano.in12k_ft_in1k": PretrainedConfig(crop_pct=0.95),
+    "convnext_nano.in12k": PretrainedConfig(crop_pct=0.95, num_classes=_IN12K),
+    "convnext_nano.r384_in12k_ft_in1k": PretrainedConfig(384, 1.0),
+    "convnext_nano.r384_in12k": PretrainedConfig(384, 1.0, num_classes=_IN12K),
+    "convnext_nano.r384_ad_in12k": PretrainedConfig(384, 1.0, num_classes=_IN12K),
+    **{f"convnext_{size}.{tag}": config for size in ("tiny", "small", "base", "large") for tag, config in {
+        "fb_in1k": PretrainedConfig(),
+        "fb_in22k_ft_in1k": PretrainedConfig(),
+        "fb_in22k_ft_in1k_384": PretrainedConfig(384, 1.0),
+        "fb_in22k": PretrainedConfig(num_classes=_IN22K),
+    }.items()},
+    **{f"convnext_{size}.{tag}": config for size in ("tiny", "small") for tag, config in {
+        "in12k_ft_in1k": PretrainedConfig(crop_pct=0.95),
+        "in12k_ft_in1k_384": PretrainedConfig(384, 1.0),
+        "in12k": PretrainedConfig(crop_pct=0.95, num_classes=_IN12K),
+    }.items()},
+    "convnext_base.clip_laion2b_augreg_ft_in12k_in1k": _clip(256),
+    "convnext_base.clip_laion2b_augreg_ft_in12k_in1k_384": _clip(384),
+    "convnext_base.clip_laion2b_augreg_ft_in1k": _clip(256),
+    "convnext_base.clip_laiona_augreg_ft_in1k_384": _clip(384),
+    "convnext_base.clip_laion2b_augreg_ft_in12k": _clip(256, _IN12K),
+    "convnext_base.clip_laion2b": _clip(256, _CLIP),
+    "convnext_base.clip_laion2b_augreg": _clip(256, _CLIP),
+    "convnext_base.clip_laiona": _clip(256, _CLIP),
+    "convnext_base.clip_laiona_320": _clip(320, _CLIP),
+    "convnext_base.clip_laiona_augreg_320": _clip(320, _CLIP),
+    "convnext_xlarge.fb_in22k_ft_in1k": PretrainedConfig(),
+    "convnext_xlarge.fb_in22k_ft_in1k_384": PretrainedConfig(384, 1.0),
+    "convnext_xlarge.fb_in22k": PretrainedConfig(num_classes=_IN22K),
+}
+# timm's feature-extractor tags (num_classes 0: no head), refused by name.
+HEADLESS_TAGS = ("dinov3_lvd1689m", "eupe_lvd1689m")
