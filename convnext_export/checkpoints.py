@@ -183,12 +183,26 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     layout = _layout_or_none(state_dict)
     if layout is not None:
         return layout
+    fcmae = _fcmae_key(state_dict)
+    if fcmae is not None:
+        raise InputError(
+            f"this is a ConvNeXt V2 FCMAE pre-training checkpoint (key {fcmae!r}: the sparse encoder and the "
+            f"masked-image decoder, no classifier head), not a model to deploy; export a fine-tuned ConvNeXt V2 "
+            f"checkpoint instead (the official *_ft_*.pt files, timm's convnextv2_*.fcmae_ft_* weights, or your "
+            f"own fine-tune of this encoder with a classifier head)"
+        )
     sample = ", ".join(list(state_dict)[:6])
     raise InputError(
         f"not a ConvNeXt checkpoint: no {'/'.join(LAYOUTS)} layout keys found "
         f"(first keys: {sample}); expected e.g. {_LAYOUT_MARKERS['official'][0]!r} or "
         f"{_LAYOUT_MARKERS['timm'][0]!r}"
     )
+
+
+def _fcmae_key(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """A key only FCMAE pre-training checkpoints have (facebookresearch/ConvNeXt-V2 models/fcmae.py)."""
+    return next((key for key in state_dict if key in ("mask_token", "decoder.0.weight") or
+                 (key.startswith("encoder.") and key.endswith(".kernel"))), None)
 
 
 def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
