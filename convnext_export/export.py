@@ -20,6 +20,8 @@ from .errors import ConvNeXtExportError, InputError
 DEFAULT_OPSET = 20
 MIN_OPSET = 17  # LayerNormalization; Gelu needs 20
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# One ONNX file is one protobuf message, which cannot exceed 2 GiB; keep room for the graph itself.
+ONNX_SINGLE_FILE_WEIGHT_BYTES = 2**31 - 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,26 @@ def check_opset(opset: int) -> None:
         )
 
 
+def check_single_file_onnx(model: nn.Module) -> None:
+    """Refuse a model whose FP32 weights cannot fit one ONNX file (ConvNeXt-V2-huge: 2.6 GB)."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if weight_bytes > ONNX_SINGLE_FILE_WEIGHT_BYTES:
+        config = getattr(model, "config", None)
+        name = config.title if config is not None else type(model).__name__
+        raise InputError(
+            f"{name} has {weight_bytes / 1e9:.2f} GB of FP32 weights, over the 2 GB an ONNX file can hold (one "
+            f"protobuf message); this tool writes single-file ONNX, so it cannot export it yet: use a smaller size "
+            f"(xlarge, 1.4 GB, and v2-large, 0.8 GB, fit)"
+        )
+
+
 def export_onnx(
     model: nn.Module, path: Path, image_size: int, *, opset: int = DEFAULT_OPSET, batch: int | None = None,
     metadata: dict[str, str] | None = None,
 ) -> ExportedGraph:
     """Export with the dynamo exporter; ``batch=None`` keeps the batch axis dynamic."""
     check_opset(opset)
+    check_single_file_onnx(model)
     started = time.perf_counter()
     # torch.export specialises a dimension of size 1, so a dynamic batch is traced at 2.
     example = torch.randn(batch or 2, 3, image_size, image_size)

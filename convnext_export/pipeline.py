@@ -24,7 +24,7 @@ from .calibration.recipe import TARGETS
 from .config import ConvNeXtConfig, get_config, UnknownSizeError
 from .drift import drift_meaning, drift_metrics
 from .errors import InputError
-from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
+from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, check_single_file_onnx, export_onnx, op_census
 from .fusion import FUSIONS, fuse_model
 from .memory import check_export_memory
 from .model import ConvNeXt, build_model
@@ -260,6 +260,7 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
     reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
     if request.precision == "int8":  # --calib-data against the model's input size, known now
         request.int8.validate(request.target, reference.preprocessing)
+    check_single_file_onnx(reference.model)
     check_export_memory(reference.config, reference.preprocessing.image_size, request.precision, request.batch,
                         request.int8.calib_size if request.precision == "int8" else 0, log)
     out = request.out or request.default_out(reference.config)
