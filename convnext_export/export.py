@@ -44,7 +44,7 @@ def check_single_file_onnx(model: nn.Module) -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if weight_bytes > ONNX_SINGLE_FILE_WEIGHT_BYTES:
         config = getattr(model, "config", None)
-        name = config.title if config is not None else type(model).__name__
+        name = config.title if config is not None else "The model"
         raise InputError(
             f"{name} has {weight_bytes / 1e9:.2f} GB of FP32 weights, over the 2 GB an ONNX file can hold (one "
             f"protobuf message); this tool writes single-file ONNX, so it cannot export it yet: use a smaller size "
