@@ -43,12 +43,29 @@ def check_opset(opset: int) -> None:
         )
 
 
+def check_single_file_onnx(model: nn.Module) -> None:
+    """Refuse a model whose FP32 weights cannot fit one ONNX file (ConvNeXt-V2-huge: 2.6 GB); the CLI checks
+    the config earlier (``memory.check_export_memory``), this guards direct callers."""
+    from .memory import ONNX_LIMIT_BYTES
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if weight_bytes > ONNX_LIMIT_BYTES:
+        config = getattr(model, "config", None)
+        name = config.title if config is not None else "The model"
+        raise InputError(
+            f"{name} has {weight_bytes / 1e9:.2f} GB of FP32 weights, over the 2 GB an ONNX file can hold (one "
+            f"protobuf message); this tool writes single-file ONNX, so it cannot export it yet: use a smaller size "
+            f"(xlarge, 1.4 GB, and v2-large, 0.8 GB, fit)"
+        )
+
+
 def export_onnx(
     model: nn.Module, path: Path, image_size: int, *, opset: int = DEFAULT_OPSET, batch: int | None = None,
     metadata: dict[str, str] | None = None,
 ) -> ExportedGraph:
     """Export with the dynamo exporter; ``batch=None`` keeps the batch axis dynamic."""
     check_opset(opset)
+    check_single_file_onnx(model)
     started = time.perf_counter()
     # torch.export specialises a dimension of size 1, so a dynamic batch is traced at 2.
     example = torch.randn(batch or 2, 3, image_size, image_size)

@@ -40,7 +40,9 @@ def parameter_count(config: ConvNeXtConfig) -> int:
     for stage, (depth, dim) in enumerate(zip(config.depths, dims)):
         if stage:
             count += 2 * dims[stage - 1] + 4 * dims[stage - 1] * dim + dim  # LayerNorm + conv 2x2
-        count += depth * (49 * dim + dim + 2 * dim + 4 * dim * dim + 4 * dim + 4 * dim * dim + dim + dim)
+        # dwconv, LayerNorm, pwconv1, pwconv2, then V1's layer scale (C) or V2's GRN gamma and beta (2 x 4C)
+        block_extra = 2 * 4 * dim if config.uses_grn else dim
+        count += depth * (49 * dim + dim + 2 * dim + 4 * dim * dim + 4 * dim + 4 * dim * dim + dim + block_extra)
     return count + 2 * dims[-1] + dims[-1] * config.num_classes + config.num_classes
 
 
@@ -101,9 +103,13 @@ def check_export_memory(config: ConvNeXtConfig, image_size: int, precision: str,
     """Refuse (InputError) an export that cannot fit in the machine's memory; warn when it is large or slow."""
     weights = FLOAT_BYTES * parameter_count(config)
     if weights > ONNX_LIMIT_BYTES:
-        raise InputError(f"ConvNeXt-{config.name} with {config.num_classes:,} classes has {_gb(weights)} of weights, "
-                         f"more than the 2 GiB one ONNX file holds; use fewer --num-classes "
-                         f"(at most {(ONNX_LIMIT_BYTES // FLOAT_BYTES - parameter_count(config.with_classes(0))) // (config.dims[-1] + 1):,} here)")
+        headless = parameter_count(config.with_classes(0))
+        remedy = (f"use fewer --num-classes (at most {(ONNX_LIMIT_BYTES // FLOAT_BYTES - headless) // (config.dims[-1] + 1):,} "
+                  f"here)" if FLOAT_BYTES * headless < ONNX_LIMIT_BYTES else
+                  "this tool writes single-file ONNX, so it cannot export this size yet: use a smaller one "
+                  "(xlarge and v2-large fit)")
+        raise InputError(f"{config.title} with {config.num_classes:,} classes has {_gb(weights)} of weights, "
+                         f"more than the 2 GiB one ONNX file holds; {remedy}")
     total, available = memory or machine_memory()
     needed = export_memory_bytes(config, image_size, precision, batch, calib_size)
     per_image = FLOAT_BYTES * biggest_activation(config, image_size)
