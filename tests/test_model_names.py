@@ -3,7 +3,7 @@
 import pytest
 
 from convnext_export.config import (HEADLESS_TAGS, PRETRAINED, UnknownSizeError, get_config, resolve_model_name,
-                                    size_names, timm_names)
+                                    timm_names)
 
 timm_convnext = pytest.importorskip("timm.models.convnext")
 
@@ -14,6 +14,8 @@ def _timm_tags() -> dict[str, dict]:
     for architecture in timm_names():
         default = timm_convnext.default_cfgs[architecture]
         for tag in default.tags:
+            if tag == "untrained":  # timm's placeholder where no weights are published (convnextv2_small)
+                continue
             tags[f"{architecture}.{tag}"] = default.cfgs[tag].to_dict()
     return tags
 
@@ -32,14 +34,14 @@ def test_recorded_tags_are_timms_with_its_preprocessing():
         assert cfg["hf_hub_id"].rstrip("/") == "timm", name  # on the hub as timm/<name>
 
 
-@pytest.mark.parametrize("size", size_names())
-def test_timm_architecture_names_build_timms_model(size):
+@pytest.mark.parametrize("architecture", timm_names())
+def test_timm_architecture_names_build_timms_model(architecture):
     timm = pytest.importorskip("timm")
     torch = pytest.importorskip("torch")
-    config = get_config(f"convnext_{size}")
+    config = get_config(architecture)
     with torch.device("meta"):  # shapes only: no memory, no init time for xlarge
-        reference = timm.create_model(f"convnext_{size}", pretrained=False)
-    assert config == get_config(size)
+        reference = timm.create_model(architecture, pretrained=False)
+    assert config == get_config(config.name) and config.family == ("v2" if "v2" in architecture else "v1")
     assert [len(stage.blocks) for stage in reference.stages] == list(config.depths)
     assert [stage.blocks[0].conv_dw.out_channels for stage in reference.stages] == list(config.dims)
 
@@ -60,13 +62,21 @@ def test_a_tag_selects_its_preprocessing_and_classes():
     ("resnet50", ["unknown ConvNeXt size 'resnet50'", "valid sizes"]),
     ("convnext_tiny.fb_in1kk", ["unknown pretrained tag 'fb_in1kk' for convnext_tiny", "close matches: fb_in1k"]),
     ("convnext_tiny.dinov3_lvd1689m", ["headless feature extractor", "convnext_tiny.fb_in1k"]),
-    ("convnextv2_tiny.fcmae_ft_in1k", ["ConvNeXt V2", "convnext_tiny"]),
+    ("convnextv2_tiny.fcmae", ["pre-training encoder (no classifier)", "convnextv2_tiny.fcmae_ft_in1k"]),
+    ("convnextv2_tinny", ["close matches: convnextv2_tiny"]),
 ])
 def test_unknown_names_list_close_matches(name, says):
     with pytest.raises(UnknownSizeError) as error:
         resolve_model_name(name)
     for phrase in says:
         assert phrase in str(error.value)
+
+
+def test_v2_names_and_tags_resolve():
+    name = resolve_model_name("convnextv2_tiny.fcmae_ft_in22k_in1k_384")
+    assert (name.size, name.timm_name) == ("v2-tiny", "convnextv2_tiny.fcmae_ft_in22k_in1k_384")
+    assert name.pretrained.preprocessing.image_size == 384 and name.pretrained.preprocessing.crop_pct == 1.0
+    assert get_config("convnextv2_atto") == get_config("v2-atto") and get_config("v2-atto").family == "v2"
 
 
 def test_a_tag_without_weights_says_the_weights_are_random_and_how_to_load_them():

@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import safetensors.torch
 import torch
 from click.testing import CliRunner
 from torch import nn
