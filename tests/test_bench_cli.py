@@ -138,9 +138,11 @@ def test_stage_outputs_are_found_in_the_graph(artifacts):
 
 
 def _quiet(report: dict) -> dict:
-    """The report as if timed on a quiet machine: this shared test machine's contention flags cleared."""
+    """The report as if timed on a quiet machine: this shared test machine's contention flags cleared and its
+    speedup spreads at most a quiet machine's few percent (a busy one's can exceed any regression)."""
     for row in report["rows"]:
         row["contention"] = {**row["contention"], "contended": False, "reasons": []}
+        row["speedup_vs_eager"]["spread"] = min(row["speedup_vs_eager"]["spread"], 0.05)
     return report
 
 
