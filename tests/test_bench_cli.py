@@ -209,10 +209,12 @@ def test_accuracy_on_real_labeled_images(artifacts, shared_data, tmp_path):
     assert "40 images from" in int8["drift"]["inputs"]
     assert int8["drift"]["meaning"]["kind"] == "real-images"
     markdown = (tmp_path / "acc.md").read_text()
-    assert "- drift and top-1 agree of atto@32-10cls: measured on 40 real images with checkpoint weights" in markdown
-    assert (f"- atto@32-10cls int8/cpu on onnxruntime, batch 1: top-1 {int8['accuracy']['top1']:.1%} vs eager "
-            f"{eager['accuracy']['top1']:.1%} ({int8['accuracy']['delta_top1'] * 100:+.1f} pt) on 40 real labeled "
-            f"images, top-1 agreement with eager {int8['drift']['top1_agreement']:.1%}") in markdown
+    speedup = int8["speedup_vs_eager"]
+    assert (f"- atto-int8 (atto@32-10cls int8/cpu, batch 1): {speedup['speedup']:.2f}x ±{speedup['spread']:.0%} the "
+            f"eager model's speed on onnxruntime") in markdown
+    assert (f"; top-1 {int8['accuracy']['top1']:.1%} vs eager {eager['accuracy']['top1']:.1%} "
+            f"({int8['accuracy']['delta_top1'] * 100:+.1f} pt) on 40 labeled real images, same prediction as eager on "
+            f"{int8['drift']['top1_agreement']:.1%} of them") in markdown
     assert "plumbing" not in markdown and "plumbing" not in result.output
 
 
