@@ -20,15 +20,22 @@ procs_blocked 0
 """
 
 
-def _sample(tmp_path: Path, name: str, running: int, steal: int, idle: int) -> CpuSample:
+def _sample(tmp_path: Path, name: str, running: int, steal: int, idle: int, own: str = "RS") -> CpuSample:
+    """A /proc/stat and a /proc/self/task with one thread per letter of ``own`` (its state)."""
     path = tmp_path / name
     path.write_text(STAT.format(user=100, system=50, idle=idle, steal=steal, running=running))
-    return CpuSample.read(str(path))
+    tasks = tmp_path / f"{name}-tasks"
+    for n, state in enumerate(own):
+        (tasks / str(n)).mkdir(parents=True)
+        (tasks / str(n) / "stat").write_text(f"{n} (python (x)) {state} 1 2 3")
+    return CpuSample.read(str(path), str(tasks))
 
 
-def test_proc_stat_is_read_and_the_sampler_is_not_counted(tmp_path):
+def test_proc_stat_is_read_and_this_process_is_not_counted(tmp_path):
     sample = _sample(tmp_path, "a", running=4, steal=10, idle=840)
     assert (sample.running, sample.others_running, sample.total_ticks, sample.steal_ticks) == (4, 3, 1000, 10)
+    spinning = _sample(tmp_path, "s", running=4, steal=10, idle=840, own="RRS")  # a runtime worker still spinning
+    assert spinning.others_running == 2
     later = _sample(tmp_path, "b", running=1, steal=110, idle=1740)
     assert steal_fraction(sample, later) == pytest.approx(100 / 1000)
     assert CpuSample.read(str(tmp_path / "missing")).others_running is None

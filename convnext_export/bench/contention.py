@@ -6,8 +6,9 @@ stall far more than ONNX Runtime's (on a busy 2-core machine eager PyTorch on 2 
 the INT8 speedup read 22.58x instead of 3.41x at 1 thread). So the bench measures the load instead of
 trusting the ratio:
 
-- runnable threads of other processes: /proc/stat ``procs_running`` (every runnable thread on the machine,
-  this sampler included, so one is subtracted), sampled before timing and between rounds;
+- runnable threads of other processes: /proc/stat ``procs_running`` (every runnable thread on the machine)
+  less this process's own runnable threads (/proc/self/task: the sampler, and runtime workers still spinning
+  after a run), sampled before timing and between rounds;
 - CPU steal: the share of /proc/stat's CPU time the hypervisor gave to other guests over the window;
 - the eager reference's own variation: the spread of its block medians across rounds, which a quiet machine
   keeps to a few percent.
@@ -41,16 +42,34 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def own_running_threads(tasks: str = "/proc/self/task") -> int:
+    """This process's runnable threads (state R), the sampler among them; 1 where it cannot be read."""
+    count = 0
+    try:
+        for task in os.scandir(tasks):
+            try:
+                with open(os.path.join(task.path, "stat")) as handle:
+                    state = handle.read().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                continue  # the thread ended
+            count += state == "R"
+    except OSError:
+        return 1
+    return max(count, 1)
+
+
 @dataclass(frozen=True)
 class CpuSample:
-    """One reading of /proc/stat: runnable threads, and the cumulative total and steal CPU ticks."""
+    """One reading of /proc/stat (runnable threads, cumulative total and steal CPU ticks) and of this process's
+    own runnable threads."""
 
     running: int | None
     total_ticks: int | None
     steal_ticks: int | None
+    own_running: int = 1
 
     @classmethod
-    def read(cls, path: str = "/proc/stat") -> "CpuSample":
+    def read(cls, path: str = "/proc/stat", tasks: str = "/proc/self/task") -> "CpuSample":
         running = total = steal = None
         try:
             with open(path) as handle:
@@ -62,11 +81,11 @@ class CpuSample:
                         running = int(line.split()[1])
         except (OSError, ValueError):
             pass  # not Linux: contention is reported as not measured
-        return cls(running, total, steal)
+        return cls(running, total, steal, own_running_threads(tasks))
 
     @property
     def others_running(self) -> int | None:
-        return None if self.running is None else max(self.running - 1, 0)  # less this sampling thread
+        return None if self.running is None else max(self.running - self.own_running, 0)
 
 
 def steal_fraction(first: CpuSample, last: CpuSample) -> float | None:
@@ -144,7 +163,8 @@ def before_record(window: LoadWindow, cores: int, threads: int, chosen: bool) ->
            "all cores: other work's load could not be read" if others is None else
            f"the {threads} of {cores} cores that {others:.1f} runnable threads of other work left free")
     return {"others_running": others, "steal": window.steal, "cores": cores, "threads": threads,
-            "threads_chosen": how, "method": "/proc/stat procs_running (less the sampler) and steal ticks, "
+            "threads_chosen": how, "method": "/proc/stat procs_running (less this process's runnable threads) and "
+                                             "steal ticks, "
                                              f"{len(window.samples)} samples before timing and one per round"}
 
 
