@@ -366,7 +366,8 @@ def _default_backends() -> str:
               help="Write a latency-vs-accuracy (Pareto) PNG to FILE.")
 @quiet_option
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A previous --json report: exit 1 when a matching row regressed.")
+              help="A previous --json report: exit 1 when a matching row regressed, 3 when the gate could not "
+                   "decide (contended rows, non-finite figures, nothing gated).")
 @click.option("--max-regression", default="10%", show_default=True,
               help="With --baseline: tolerated regression beyond the spread both runs measured (e.g. 10% or 0.1).")
 @click.option("--absolute", is_flag=True,
@@ -379,7 +380,12 @@ def _default_backends() -> str:
 def bench_command(ctx, artifact_dirs, size, image_size, weights, work, backends, batches, threads, warmup, iters, min_time,
                   block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,
                   max_regression, absolute, from_json, allow_missing) -> None:
-    """Time artifacts on every backend beside the eager model, measure their drift, report, gate."""
+    """Time artifacts on every backend beside the eager model, measure their drift, report, gate.
+
+    Other work running beside the bench (runnable threads, CPU steal, the eager model's own variation) is
+    measured before and while timing; rows timed on a contended machine are flagged, their speedups not to be
+    trusted, and the gate neither passes nor fails on them (exit 3).
+    """
     from .bench import BenchRequest, TimingPlan
     from .bench.defaults import DefaultSet, run_benchmark
     from .bench.gate import load_report, parse_regression
