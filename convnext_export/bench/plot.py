@@ -140,9 +140,11 @@ def pareto_figure(report: dict):
     versus = ("drift vs eager" if not labeled else "labeled top-1 (a plumbing check, see the panel titles)"
               if plumbing else "accuracy on real images")
     env = report["environment"]
-    contended = any((row.get("contention") or {}).get("contended") for row in rows)
+    reasons = list(dict.fromkeys(reason for row in rows if (row.get("contention") or {}).get("contended")
+                                 for reason in row["contention"]["reasons"]))
     legend = (f"{env['cpu']['model']}, {env['threads']} thread(s); number = speedup vs eager"
-              + ("; hollow and ! = timed on a contended machine, speedup not to be trusted" if contended else ""))
+              + (f"; hollow and ! = timed on a contended machine ({'; '.join(reasons)}), speedup not to be trusted"
+                 if reasons else ""))
     fig.suptitle(f"convnext-bench: latency vs {versus}\n" + textwrap.fill(legend, 60 * len(batches)), fontsize=10)
     fig.tight_layout()
     return fig
