@@ -30,7 +30,12 @@ def row_model(report: dict, row: dict) -> str:
 
 
 def _variant(report: dict, row: dict) -> str:
-    return f"{row_model(report, row)} {row['precision']}" + (f"/{row['target']}" if row.get("target") else "")
+    """model precision/target, with the artifact's name where two artifacts share them (e.g. a static batch)."""
+    label = f"{row_model(report, row)} {row['precision']}" + (f"/{row['target']}" if row.get("target") else "")
+    twins = {r["artifact"] for r in report["rows"] if r["artifact"] and r["model"] == row["model"]
+             and r.get("weights") == row.get("weights") and r["precision"] == row["precision"]
+             and r.get("target") == row.get("target")}
+    return label + (f" ({row['artifact']})" if row["artifact"] and len(twins) > 1 else "")
 
 
 def is_contended(row: dict) -> bool:
