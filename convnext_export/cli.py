@@ -365,9 +365,10 @@ def _default_backends() -> str:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a latency-vs-accuracy (Pareto) PNG to FILE.")
 @quiet_option
-@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--baseline", "baselines", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
               help="A previous --json report: exit 1 when a matching row regressed, 3 when the gate could not "
-                   "decide (contended rows, non-finite figures, nothing gated).")
+                   "decide (contended rows, non-finite figures, nothing gated). Repeatable, one per kind of CPU: "
+                   "the gate uses the one recorded on this machine's kernel family (float and int8).")
 @click.option("--max-regression", default="10%", show_default=True,
               help="With --baseline: tolerated regression beyond the spread both runs measured (e.g. 10% or 0.1).")
 @click.option("--absolute", is_flag=True,
@@ -378,7 +379,7 @@ def _default_backends() -> str:
 @click.pass_context
 @reports_errors
 def bench_command(ctx, artifact_dirs, size, image_size, weights, work, backends, batches, threads, warmup, iters, min_time,
-                  block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,
+                  block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baselines,
                   max_regression, absolute, from_json, allow_missing) -> None:
     """Time artifacts on every backend beside the eager model, measure their drift, report, gate.
 
@@ -393,12 +394,12 @@ def bench_command(ctx, artifact_dirs, size, image_size, weights, work, backends,
 
     if json_path == "-" and markdown_path == "-":
         raise click.UsageError("--json - and --markdown - both want stdout; write one of them to a file")
-    _refuse_ignored_options(ctx, artifact_dirs or from_json, baseline)
+    _refuse_ignored_options(ctx, artifact_dirs or from_json, baselines)
     console = _console(quiet, "-" if "-" in (json_path, markdown_path) else None)
     if not console.is_terminal and "COLUMNS" not in os.environ:  # logs and CI: room for the whole table
         console.width = max(console.width, 150)
     tolerance = parse_regression(max_regression)
-    baseline_report = load_report(baseline, SCHEMA) if baseline else None
+    baseline_reports = {path: load_report(path, SCHEMA) for path in baselines}
     request = BenchRequest(artifacts=tuple(artifact_dirs), backends=backends, batches=batches, threads=threads,
                            plan=TimingPlan(warmup=warmup, iters=iters, min_time=min_time, block=block), data=data,
                            limit=limit, seed=seed, profile_dir=profile_dir, cold_start=cold_start,
@@ -412,17 +413,19 @@ def bench_command(ctx, artifact_dirs, size, image_size, weights, work, backends,
             defaults = DefaultSet(size or (None if weights else "tiny"), image_size, weights, seed, work)
             report = run_benchmark(request, defaults,
                                    log=lambda message: console.log(escape(message)), progress=progress)
-    if baseline_report is not None:
-        from .bench.gate import compare
+    if baseline_reports:
+        from .bench.gate import compare, select_baseline
 
-        report["gate"] = {"baseline": str(baseline),
-                          **compare(baseline_report, report, tolerance, absolute, allow_missing).to_dict()}
+        path, notes = select_baseline(baseline_reports, report)
+        result = compare(baseline_reports[path], report, tolerance, absolute, allow_missing)
+        result.notes[:0] = notes
+        report["gate"] = {"baseline": str(path), **result.to_dict()}
     _bench_outputs(report, console, json_path, markdown_path, plot_path)
-    if baseline_report is not None:
+    if baseline_reports:
         _bench_verdict(report["gate"], console)
 
 
-def _refuse_ignored_options(ctx: click.Context, benched: object, baseline: Path | None) -> None:
+def _refuse_ignored_options(ctx: click.Context, benched: object, baselines: tuple[Path, ...]) -> None:
     """Options that would be silently ignored are usage errors naming what they apply to."""
     explicit = {name for name in ctx.params
                 if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
@@ -435,7 +438,7 @@ def _refuse_ignored_options(ctx: click.Context, benched: object, baseline: Path 
                                f"{', '.join(given)}")
     gate_only = [f"--{name.replace('_', '-')}" for name in ("max_regression", "absolute", "allow_missing")
                  if name in explicit]
-    if gate_only and baseline is None:
+    if gate_only and not baselines:
         raise click.UsageError(f"{', '.join(gate_only)} appl{'y' if len(gate_only) > 1 else 'ies'} to the latency "
                                "gate only: add --baseline FILE (an earlier --json report)")
 

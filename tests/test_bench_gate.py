@@ -106,3 +106,23 @@ def test_gate_reports_but_does_not_gate_across_kernel_families():
     assert any("INT8 rows are reported, not gated" in n and "avx512_vnni" in n and "avx2" in n for n in result.notes)
     same_kind = compare(zen4, copy.deepcopy(zen4) | {"rows": avx2["rows"]}, 0.2)
     assert not same_kind.passed and len(same_kind.regressions) == 2
+
+
+def test_the_baseline_of_this_machines_kernel_family_is_chosen():
+    """--baseline repeated, one per kind of CPU: an AVX2 run is gated against the AVX2 baseline, not skipped."""
+    from convnext_export.bench.gate import select_baseline
+
+    def report(flags, int8_speedup):
+        rows = [{"model": "atto@64", "precision": "int8", "target": "cpu", "backend": "onnxruntime", "batch": 1,
+                 "speedup_vs_eager": {"speedup": int8_speedup, "spread": 0.01}, "latency_ms": {"p50": 1.0}}]
+        return {"environment": {"cpu": {"flags": flags, "architecture": "x86_64"}}, "rows": rows}
+
+    baselines = {"zen4.json": report(["avx2", "avx512f", "avx512bw", "avx512_vnni"], 6.6),
+                 "avx2.json": report(["avx2", "fma"], 3.0)}
+    avx2_run = report(["avx2", "fma"], 1.5)
+    path, notes = select_baseline(baselines, avx2_run)
+    assert path == "avx2.json" and "kernel family" in notes[0]
+    result = compare(baselines[path], avx2_run, 0.2)
+    assert result.status == "failed" and result.gated == 1  # gated, and the halved speedup caught
+    path, notes = select_baseline({"zen4.json": baselines["zen4.json"]}, avx2_run)
+    assert path == "zen4.json" and notes == []

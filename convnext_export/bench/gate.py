@@ -162,6 +162,19 @@ def kernel_family(environment: dict) -> tuple[bool, str]:
     return "avx512f" in flags, recorded or integer_path(flags, architecture).name
 
 
+def select_baseline(baselines: dict, current: dict) -> tuple[object, list[str]]:
+    """The baseline recorded on this run's kernel family (float and int8), else the first; and notes saying which."""
+    family = kernel_family(current.get("environment", {}))
+    for path, report in baselines.items():
+        if kernel_family(report.get("environment", {})) == family:
+            return path, ([f"baseline {path} of {len(baselines)}: the one recorded on this machine's kernel family"]
+                          if len(baselines) > 1 else [])
+    first = next(iter(baselines))
+    kinds = ", ".join(f"{p}: {kernel_family(r.get('environment', {}))[1]}" for p, r in baselines.items())
+    return first, ([f"no baseline was recorded on this machine's kernel family ({family[1]}; baselines: {kinds}): "
+                    f"compared with {first}"] if len(baselines) > 1 else [])
+
+
 def ungated_precisions(baseline: dict, current: dict) -> dict[str, str]:
     """Precision -> why its speedups are not comparable between the two machines' kernel families.
 
