@@ -139,7 +139,7 @@ def main() -> None:
             benches.append((name, run_beside(bench_args, busy, Path(scratch) / f"bench-{n}.json")))
         for busy in (0, 1, 2):
             print(f"gate: {busy} busy loop(s)", flush=True)
-            gates.append((f"make gate", run_beside(gate, busy, Path(scratch) / f"gate-{busy}.json")))
+            gates.append(("make gate", run_beside(gate, busy, Path(scratch) / f"gate-{busy}.json")))
     quiet_row = int8_row(benches[0][1]["report"])
     quiet = quiet_row["speedup_vs_eager"]["speedup"] if quiet_row else None
     quiet_contended = bool(quiet_row and (quiet_row.get("contention") or {}).get("contended"))
@@ -158,15 +158,15 @@ def main() -> None:
         "passed, 1 failed, 3 could not gate.", "",
         "| run | busy loops | exit | status | gated | speedup change vs baseline | contended rows |",
         "|---|---:|---:|---|---:|---|---:|", *[line for line, _ in gate_rows], "",
-        f"Verdict: {'accepted' if accepted else '**not accepted**'}"
-        + (" (the quiet reference run was itself contended: rerun on a quiet machine)" if quiet_contended else "")
-        + ("" if quiet is not None else " (the quiet reference run measured no INT8 row)"),
+        "Verdict: " + ("inconclusive: the quiet reference run was itself contended; rerun on a quiet machine"
+                       if quiet_contended else "inconclusive: the quiet reference run measured no INT8 row"
+                       if quiet is None else "accepted" if accepted else "**not accepted**"),
     ]
     if args.iters or args.no_cold_start:
         lines += ["", f"Reduced run ({' '.join(extra)}): a smoke test of the script, not the figures."]
     payload = {"host": host, "command": command, "quiet_speedup": quiet, "quiet_contended": quiet_contended,
                "benches": [record for _, record in bench_rows], "gates": [record for _, record in gate_rows],
-               "accepted": accepted}
+               "accepted": None if quiet_contended or quiet is None else accepted}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
