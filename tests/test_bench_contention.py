@@ -93,3 +93,12 @@ def test_busy_loops_beside_the_sampler_are_counted():
             loop.join()
     assert window.others_running is not None and window.others_running >= 1.8
     assert default_threads(2, window.others_running) == 1
+
+
+def test_the_summary_of_several_timing_groups_gives_the_worst_of_each_measure(tmp_path):
+    groups = [assess(LoadWindow([_sample(tmp_path, f"g{n}a", running, 0, 840),
+                                 _sample(tmp_path, f"g{n}b", running, 0, 1840)]), 2, 1, variation)
+              for n, (running, variation) in enumerate([(4, 0.05), (9, 0.4)])]
+    summary = contention_summary([{"contention": g} for g in groups])
+    assert "up to 8.0 runnable threads of other work beside this bench's 1 on 2 cores" in summary
+    assert "moved up to 40% between rounds" in summary and "3.0 runnable" not in summary

@@ -140,18 +140,26 @@ def block_variation(rounds: list[list[float]]) -> float:
     return float((q75 - q25) / q50) if q50 > 0 else 0.0
 
 
+def contention_reasons(others: float | None, steal: float | None, eager_variation: float, cores: int,
+                       threads: int, up_to: bool = False) -> list[str]:
+    """Each measured reason the figures cannot be trusted, in words (``up_to``: the worst of several groups)."""
+    most = "up to " if up_to else ""
+    reasons = []
+    if others is not None and others + threads > cores + OVERSUBSCRIBED_MARGIN:
+        reasons.append(f"{most}{others:.1f} runnable threads of other work beside this bench's {threads} on {cores} "
+                       f"core{'s' if cores != 1 else ''}")
+    if steal is not None and steal > STEAL_LIMIT:
+        reasons.append(f"{most}{steal:.0%} of CPU time stolen by the hypervisor")
+    if eager_variation > EAGER_VARIATION_LIMIT:
+        reasons.append(f"the eager model's time moved {most}{eager_variation:.0%} between rounds "
+                       f"(IQR/median of its block medians; quiet: a few percent)")
+    return reasons
+
+
 def assess(window: LoadWindow, cores: int, threads: int, eager_variation: float) -> dict:
     """The contention record of one timing group: what was measured, and each reason it is not to be trusted."""
     others, steal = window.others_running, window.steal
-    reasons = []
-    if others is not None and others + threads > cores + OVERSUBSCRIBED_MARGIN:
-        reasons.append(f"{others:.1f} runnable threads of other work beside this bench's {threads} on {cores} "
-                       f"core{'s' if cores != 1 else ''}")
-    if steal is not None and steal > STEAL_LIMIT:
-        reasons.append(f"{steal:.0%} of CPU time stolen by the hypervisor")
-    if eager_variation > EAGER_VARIATION_LIMIT:
-        reasons.append(f"the eager model's time moved {eager_variation:.0%} between rounds "
-                       f"(IQR/median of its block medians; quiet: a few percent)")
+    reasons = contention_reasons(others, steal, eager_variation, cores, threads)
     return {"contended": bool(reasons), "reasons": reasons, "others_running": others, "cores": cores,
             "threads": threads, "steal": steal, "eager_variation": eager_variation, "samples": len(window.samples)}
 
@@ -173,7 +181,16 @@ def contention_summary(rows: list[dict]) -> str | None:
     flagged = [row for row in rows if (row.get("contention") or {}).get("contended")]
     if not flagged:
         return None
-    reasons = list(dict.fromkeys(reason for row in flagged for reason in row["contention"]["reasons"]))
+    records = [row["contention"] for row in flagged]
+    if len({(r["others_running"], r["steal"], r["eager_variation"]) for r in records}) == 1:
+        reasons = records[0]["reasons"]
+    else:  # several timing groups: the worst of each measure
+        def worst(key: str) -> float | None:
+            values = [r[key] for r in records if r.get(key) is not None]
+            return max(values) if values else None
+
+        reasons = contention_reasons(worst("others_running"), worst("steal"), worst("eager_variation") or 0.0,
+                                     records[0]["cores"], records[0]["threads"], up_to=True)
     return (f"{len(flagged)} of {len(rows)} rows were timed on a contended machine ({'; '.join(reasons)}): "
             f"their speedups cannot be trusted, because other work slows eager PyTorch's threads more than ONNX "
             f"Runtime's and so biases the ratio, not only its noise; to fix: {FIX}")
