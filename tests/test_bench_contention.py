@@ -53,7 +53,9 @@ def test_a_group_is_contended_for_each_measured_reason(tmp_path):
     assert "17% of CPU time stolen" in verdict["reasons"][1]  # 200 of 1,200 ticks and "moved 25%" in verdict["reasons"][2]
     summary = contention_summary([{"contention": verdict}, {"contention": assess(quiet, 2, 1, 0.0)}])
     assert summary.startswith("1 of 2 rows were timed on a contended machine") and "cannot be trusted" in summary
-    assert "--threads 1" in summary
+    assert "stop the other work" in summary and "--threads 1" not in summary  # at 1 thread already
+    at_two = contention_summary([{"contention": assess(busy, cores=2, threads=2, eager_variation=0.0)}])
+    assert "--threads 1 leaves a core" in at_two
 
 
 def test_default_threads_leave_other_work_its_cores():

@@ -30,8 +30,9 @@ STEAL_LIMIT = 0.05  # share of CPU time stolen by the hypervisor above which the
 EAGER_VARIATION_LIMIT = 0.15  # IQR / median of eager's block medians across rounds (quiet: a few percent)
 OVERSUBSCRIBED_MARGIN = 0.5  # runnable threads beyond the cores, on average, before a group is contended
 PRESAMPLES, PRESAMPLE_INTERVAL_S = 10, 0.05  # half a second of load before choosing threads
-FIX = ("stop the other work, or run on a quiet machine; --threads 1 leaves a core to other work on a busy one "
-       "and keeps eager PyTorch's threads from waiting on each other")
+FIX = "stop the other work, or run on a quiet machine"
+FIX_THREADS = ("; --threads 1 leaves a core to light other work and keeps eager PyTorch's threads from waiting on "
+               "each other")
 
 
 def available_cores() -> int:
@@ -193,4 +194,5 @@ def contention_summary(rows: list[dict]) -> str | None:
                                      records[0]["cores"], records[0]["threads"], up_to=True)
     return (f"{len(flagged)} of {len(rows)} rows were timed on a contended machine ({'; '.join(reasons)}): "
             f"their speedups cannot be trusted, because other work slows eager PyTorch's threads more than ONNX "
-            f"Runtime's and so biases the ratio, not only its noise; to fix: {FIX}")
+            f"Runtime's and so biases the ratio, not only its noise; to fix: {FIX}"
+            + ("" if records[0]["threads"] == 1 else FIX_THREADS))

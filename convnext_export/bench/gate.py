@@ -238,7 +238,7 @@ def compare(baseline: dict, current: dict, max_regression: float, absolute: bool
         if math.isfinite(allowed) and allowed - max_regression > NOISY_SPREAD:
             result.notes.append(f"{key_label(key)}: measured spread adds {allowed - max_regression:.0%} to the tolerance; "
                                 "regressions smaller than that go unseen: rerun with more --iters on a quieter machine")
-    result.could_not_gate = _could_not_gate(result, baseline)
+    result.could_not_gate = _could_not_gate(result, baseline, current.get("settings", {}).get("threads"))
     return result
 
 
@@ -254,9 +254,11 @@ def _why_not_gated(precision: str, ungated: dict[str, str], old: dict, new: dict
     return ungated.get(precision)
 
 
-def _could_not_gate(result: GateResult, baseline: dict) -> list[str]:
+def _could_not_gate(result: GateResult, baseline: dict, threads: int | None) -> list[str]:
     """Why the gate can neither pass nor fail, each with what to do; empty when it could gate."""
     rerecord = baseline.get("command") or "convnext-bench ... --json FILE"
+    rerun = ("rerun the gate with nothing else running: at --threads 1 already, only a quieter machine helps"
+             if threads == 1 else "rerun the gate with nothing else running, or with --threads 1 beside light work")
     reasons = []
     nonfinite = [c["row"] for c in result.compared if c.get("not_gated", "").startswith("non-finite")]
     if nonfinite:
@@ -265,8 +267,7 @@ def _could_not_gate(result: GateResult, baseline: dict) -> list[str]:
     contended = [c["row"] for c in result.compared if "contended machine" in c.get("not_gated", "")]
     if contended:
         reasons.append(f"{len(contended)} row(s) timed on a contended machine ({', '.join(contended)}): their "
-                       "speedups can neither pass nor fail; rerun the gate with nothing else running (or with "
-                       "--threads 1 beside other work)")
+                       f"speedups can neither pass nor fail; {rerun}")
     if not result.gated and not reasons:
         why = "; ".join(dict.fromkeys(c["not_gated"] for c in result.compared if "not_gated" in c)) or (
             "no row of this run matches a row of the baseline")
