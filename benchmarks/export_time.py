@@ -8,23 +8,22 @@ ratio INT8 / FP32, the FP32 reference being the mean of the exports just before 
 Phases come from the exporter's progress callback (convnext_export/progress.py): a phase runs
 from its label's first report (0 done) to its last; "other" is the rest (model build, fusion,
 the FP32 and equalization checks, range computation, writing). ``--profile`` adds a pyinstrument profile of the INT8 export
-(``pip install pyinstrument``). A library without the progress callback (an older checkout on
-PYTHONPATH) is timed as a whole.
+(``pip install pyinstrument``). Exports go through the Python API (``convnext_export.export_model``), i.e. the
+same request the CLI builds from ``convnext-export --size S [--int8 --calib-data D --calib-size N]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import convnext_export
 from convnext_export.bench.environment import host_line
-from convnext_export.calibration.int8 import Int8Options
-from convnext_export.pipeline import ExportRequest, export_artifact
+from convnext_export.calibration.data import DEFAULT_CALIB_SIZE
 
 
 class PhaseClock:
@@ -43,9 +42,9 @@ class PhaseClock:
         return phases
 
 
-def timed_export(request: ExportRequest, profile: Path | None = None) -> tuple[float, dict[str, float]]:
+def timed_export(options: dict, profile: Path | None = None) -> tuple[float, dict[str, float]]:
+    """Seconds of one ``convnext_export.export_model(**options)`` and its phases."""
     clock = PhaseClock()
-    takes_progress = "progress" in inspect.signature(export_artifact).parameters
     profiler = None
     if profile is not None:
         from pyinstrument import Profiler
@@ -53,18 +52,18 @@ def timed_export(request: ExportRequest, profile: Path | None = None) -> tuple[f
         profiler = Profiler(interval=0.01)
         profiler.start()
     started = time.perf_counter()
-    export_artifact(request, progress=clock) if takes_progress else export_artifact(request)
+    convnext_export.export_model(**options, progress=clock)
     seconds = time.perf_counter() - started
     if profiler is not None:
         profiler.stop()
         profile.write_text(profiler.output_text(unicode=False, color=False))
-    return seconds, clock.phases(seconds) if takes_progress else {}
+    return seconds, clock.phases(seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="tiny")
-    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--weights", default=None, help="checkpoint file or hf-hub:OWNER/NAME id")
     parser.add_argument("--calib-data", type=Path, default=None)
     parser.add_argument("--calib-size", type=int, default=None)
     parser.add_argument("--profile", type=Path, default=None, help="write a pyinstrument profile of the INT8 export")
@@ -72,24 +71,25 @@ def main() -> None:
     args = parser.parse_args()
     print(host_line(), flush=True)
 
-    options = Int8Options(calib_data=args.calib_data, **({"calib_size": args.calib_size} if args.calib_size else {}))
     model = {"size": None if args.weights else args.size, "weights": args.weights}
+    int8 = {"int8": True, "calib_data": args.calib_data, "calib_size": args.calib_size}
     with tempfile.TemporaryDirectory(prefix="export-time-") as work:
-        def request(precision: str, name: str) -> ExportRequest:
-            return ExportRequest(**model, precision=precision, int8=options, out=Path(work) / name, force=True)
+        def options(precision: str, name: str) -> dict:
+            return {**model, **(int8 if precision == "int8" else {}), "out": Path(work) / name, "force": True}
 
-        export_artifact(request("fp32", "warmup"))  # imports and first-call costs out of the measurement
-        fp32_before, _ = timed_export(request("fp32", "fp32-before"))
-        int8, phases = timed_export(request("int8", "int8"), args.profile)
-        fp32_after, _ = timed_export(request("fp32", "fp32-after"))
+        convnext_export.export_model(**options("fp32", "warmup"))  # imports and first-call costs out of the measurement
+        fp32_before, _ = timed_export(options("fp32", "fp32-before"))
+        int8_seconds, phases = timed_export(options("int8", "int8"), args.profile)
+        fp32_after, _ = timed_export(options("fp32", "fp32-after"))
     fp32 = (fp32_before + fp32_after) / 2
-    calibration = (f"{options.calib_size} images from {args.calib_data}" if args.calib_data
-                   else f"{options.calib_size} synthetic images")
-    lines = [f"INT8 {int8:.1f} s, FP32 {fp32_before:.1f} s before / {fp32_after:.1f} s after: "
-             f"INT8 / FP32 = {int8 / fp32:.2f}"]
+    calib_size = args.calib_size or DEFAULT_CALIB_SIZE
+    calibration = (f"{calib_size} images from {args.calib_data}" if args.calib_data
+                   else f"{calib_size} synthetic images")
+    lines = [f"INT8 {int8_seconds:.1f} s, FP32 {fp32_before:.1f} s before / {fp32_after:.1f} s after: "
+             f"INT8 / FP32 = {int8_seconds / fp32:.2f}"]
     if phases:
         lines += ["", "| INT8 phase | seconds | share |", "|---|---|---|"]
-        lines += [f"| {label} | {seconds:.1f} | {seconds / int8:.0%} |" for label, seconds in phases.items()]
+        lines += [f"| {label} | {seconds:.1f} | {seconds / int8_seconds:.0%} |" for label, seconds in phases.items()]
     print("\n".join(lines))
     if args.markdown:
         command = " ".join(["python benchmarks/export_time.py"] + [

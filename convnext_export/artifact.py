@@ -28,6 +28,7 @@ except ImportError:  # Windows: no flock, so no sweeping of killed exports' stag
 
 from .config import ConvNeXtConfig
 from .errors import InputError
+from .files import json_text
 from .preprocess import Preprocessing
 
 SCHEMA = "convnext-export/1"
@@ -36,23 +37,26 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where the weights came from: a checkpoint file (path, sha256, layout) or a seed."""
+    """Where the weights came from: a checkpoint file (path, sha256, layout; ``hub``: the hf-hub id it was
+    fetched as, the path being the hub cache's copy) or a seed."""
 
     seed: int | None = None
     path: str | None = None
     sha256: str | None = None
     layout: str | None = None
+    hub: str | None = None
 
     def to_dict(self) -> dict:
         if self.path is None:
             return {"kind": "random", "seed": self.seed}
-        return {"kind": "checkpoint", "path": self.path, "sha256": self.sha256, "layout": self.layout}
+        return {"kind": "checkpoint", "path": self.path, "sha256": self.sha256, "layout": self.layout,
+                **({"hub": self.hub} if self.hub else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "WeightsSource":
         if data.get("kind") == "random":
             return cls(seed=int(data["seed"]))
-        return cls(path=data["path"], sha256=data["sha256"], layout=data.get("layout"))
+        return cls(path=data["path"], sha256=data["sha256"], layout=data.get("layout"), hub=data.get("hub"))
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ _KNOWN_KEYS = {
 
 def write_manifest(artifact: Artifact) -> Path:
     path = artifact.directory / MANIFEST
-    path.write_text(json.dumps(artifact.to_dict(), indent=2) + "\n")
+    path.write_text(json_text(artifact.to_dict()))
     return path
 
 
@@ -257,13 +261,87 @@ def sweep_stale_staging(out: Path, log: Callable[[str], None] = lambda message: 
     return removed
 
 
+def unwritable_out(out: Path, error: OSError) -> InputError:
+    """The usage error for an ``--out`` whose parent cannot take the export's files."""
+    where = next(p for p in (out.parent, *out.parent.parents) if p.exists())  # what refused the write
+    problem = "is a file, not a directory" if not where.is_dir() else f"cannot be written to ({error.strerror})"
+    return InputError(f"--out {out}: {where} {problem}; choose an --out directory you can write to")
+
+
+def out_lock_path(out: Path) -> Path:
+    """The lock file beside ``out`` that one export at a time holds while it writes ``out``."""
+    return out.parent / f".{out.name}.lock"
+
+
+@contextmanager
+def exclusive_out(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock (flock on ``.NAME.lock`` beside it, holding our PID) or refuse (exit 2), naming the
+    export that holds it. The kernel drops a killed holder's lock, so a stale file is simply taken over."""
+    if fcntl is None:
+        yield
+        return
+    path = out_lock_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(handle, 200).decode(errors="replace").strip() or "unknown"
+                os.close(handle)
+                raise InputError(f"--out {out}: another export ({holder}) is writing it now and holds {path}; "
+                                 f"wait for it to finish, or choose another --out") from None
+            try:
+                if os.stat(path).st_ino == os.fstat(handle).st_ino:  # not unlinked by its last holder meanwhile
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(handle)
+        os.ftruncate(handle, 0)
+        os.write(handle, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+    except OSError as error:
+        raise unwritable_out(out, error) from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: a waiting opener retries on the new file
+        os.close(handle)
+
+
+SCRATCH = ".scratch"
+
+
+@contextmanager
+def scratch_inside(staging: Path) -> Iterator[Path]:
+    """Within the block every temporary file of this process (``tempfile``: ours and the libraries', e.g. ONNX
+    Runtime's quantizer) goes in ``staging/.scratch``, removed at the end; a SIGKILL leaves it inside the staging
+    folder, which the next export to the same --out sweeps (``sweep_stale_staging``), not in $TMPDIR."""
+    scratch = staging / SCRATCH
+    scratch.mkdir()
+    previous, tempfile.tempdir = tempfile.tempdir, str(scratch)
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 @contextmanager
 def staged_directory(out: Path, force: bool, log: Callable[[str], None] = lambda message: None) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success it replaces ``out`` atomically-enough.
 
-    On any error, Ctrl-C or SIGTERM (see ``interrupts``) the temporary directory is removed and ``out``
-    is left as it was; what a killed export left is swept by the next export to the same ``out``.
+    One export at a time writes ``out`` (``exclusive_out``: a second is refused). On any error, Ctrl-C or
+    SIGTERM (see ``interrupts``) the temporary directory is removed and ``out`` is left as it was; what a
+    killed export left is swept by the next export to the same ``out``.
     """
+    with exclusive_out(out):
+        with _staged(out, force, log) as staging:
+            yield staging
+
+
+@contextmanager
+def _staged(out: Path, force: bool, log: Callable[[str], None]) -> Iterator[Path]:
     sweep_stale_staging(out, log)  # first: it may put back the ``out`` a killed export had moved aside
     check_output_dir(out, force)
     try:
@@ -276,9 +354,7 @@ def staged_directory(out: Path, force: bool, log: Callable[[str], None] = lambda
             staging = lock.with_suffix(".partial")
             staging.mkdir()
     except OSError as error:
-        where = next(p for p in (out.parent, *out.parent.parents) if p.exists())  # what refused the write
-        problem = "is a file, not a directory" if not where.is_dir() else f"cannot be written to ({error.strerror})"
-        raise InputError(f"--out {out}: {where} {problem}; choose an --out directory you can write to") from None
+        raise unwritable_out(out, error) from None
     trash = staging.with_suffix(".old")
     try:
         yield staging

@@ -1,4 +1,12 @@
-"""Load a ConvNeXt V1 checkpoint from any of the four published layouts onto ``model.ConvNeXt``.
+"""Load a ConvNeXt V1 or V2 checkpoint from any of the published layouts onto ``model.ConvNeXt``.
+
+V2 (GRN in every block, no layer scale) comes in the official (facebookresearch/ConvNeXt-V2), timm
+and Hugging Face layouts; torchvision ships no V2. The family is read from the keys (any GRN key
+means V2), then the same renames apply, plus the GRN ones:
+
+    official      stages.i.j.grn.gamma / .beta (1, 1, 1, 4C)           (model.py's names)
+    timm          stages.i.blocks.j.mlp.grn.weight / .bias (4C,)       -> grn.gamma / grn.beta, reshaped
+    Hugging Face  convnextv2.encoder.stages.i.layers.j.grn.weight / .bias (1, 1, 1, 4C) -> grn.gamma / grn.beta
 
 One job, one road: read the file safely -> unwrap training wrappers -> detect the layout from
 key names -> rename (and reshape) onto the official names -> infer the size -> build and load.
@@ -45,10 +53,11 @@ _LAYOUT_MARKERS = {
     "torchvision": ("features.0.0.weight", "features.1.0.block.0.weight"),
     "huggingface": ("embeddings.patch_embeddings.weight", "encoder.stages.0.layers.0.dwconv.weight"),
 }
-_HF_PREFIX = "convnext."
+_HF_PREFIXES = ("convnext.", "convnextv2.")  # ConvNextForImageClassification / ConvNextV2ForImageClassification
 _HF_HEAD_NORM_EPS = 1e-12  # transformers ConvNextConfig.layer_norm_eps default (final LayerNorm only)
 
-_TIMM_PARTS = {"conv_dw": "dwconv", "norm": "norm", "mlp.fc1": "pwconv1", "mlp.fc2": "pwconv2", "gamma": "gamma"}
+_TIMM_PARTS = {"conv_dw": "dwconv", "norm": "norm", "mlp.fc1": "pwconv1", "mlp.fc2": "pwconv2", "gamma": "gamma",
+               "mlp.grn.weight": "grn.gamma", "mlp.grn.bias": "grn.beta"}
 _TV_PARTS = {"block.0": "dwconv", "block.2": "norm", "block.3": "pwconv1", "block.5": "pwconv2", "layer_scale": "gamma"}
 _HF_PARTS = {
     "dwconv": "dwconv",
@@ -56,6 +65,8 @@ _HF_PARTS = {
     "pwconv1": "pwconv1",
     "pwconv2": "pwconv2",
     "layer_scale_parameter": "gamma",
+    "grn.weight": "grn.gamma",
+    "grn.bias": "grn.beta",
 }
 
 _Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
@@ -73,7 +84,7 @@ _RENAMES: dict[str, list[_Rule]] = {
         (r"stem\.([01])\.(.+)", lambda m: f"downsample_layers.0.{m[1]}.{m[2]}"),
         (r"stages\.(\d+)\.downsample\.([01])\.(.+)", lambda m: f"downsample_layers.{m[1]}.{m[2]}.{m[3]}"),
         (
-            r"stages\.(\d+)\.blocks\.(\d+)\.(conv_dw|norm|mlp\.fc1|mlp\.fc2|gamma)(.*)",
+            r"stages\.(\d+)\.blocks\.(\d+)\.(conv_dw|norm|mlp\.fc1|mlp\.fc2|gamma|mlp\.grn\.weight|mlp\.grn\.bias)(.*)",
             lambda m: f"stages.{m[1]}.{m[2]}.{_TIMM_PARTS[m[3]]}{m[4]}",
         ),
         (r"head\.norm\.(.+)", lambda m: f"norm.{m[1]}"),
@@ -90,18 +101,18 @@ _RENAMES: dict[str, list[_Rule]] = {
         (r"classifier\.2\.(.+)", lambda m: f"head.{m[1]}"),
     ),
     "huggingface": _rules(
-        (r"(?:convnext\.)?embeddings\.patch_embeddings\.(.+)", lambda m: f"downsample_layers.0.0.{m[1]}"),
-        (r"(?:convnext\.)?embeddings\.layernorm\.(.+)", lambda m: f"downsample_layers.0.1.{m[1]}"),
+        (r"(?:convnext(?:v2)?\.)?embeddings\.patch_embeddings\.(.+)", lambda m: f"downsample_layers.0.0.{m[1]}"),
+        (r"(?:convnext(?:v2)?\.)?embeddings\.layernorm\.(.+)", lambda m: f"downsample_layers.0.1.{m[1]}"),
         (
-            r"(?:convnext\.)?encoder\.stages\.(\d+)\.downsampling_layer\.([01])\.(.+)",
+            r"(?:convnext(?:v2)?\.)?encoder\.stages\.(\d+)\.downsampling_layer\.([01])\.(.+)",
             lambda m: f"downsample_layers.{m[1]}.{m[2]}.{m[3]}",
         ),
         (
-            r"(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\."
-            r"(dwconv|layernorm|pwconv1|pwconv2|layer_scale_parameter)(.*)",
+            r"(?:convnext(?:v2)?\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\."
+            r"(dwconv|layernorm|pwconv1|pwconv2|layer_scale_parameter|grn\.weight|grn\.bias)(.*)",
             lambda m: f"stages.{m[1]}.{m[2]}.{_HF_PARTS[m[3]]}{m[4]}",
         ),
-        (r"(?:convnext\.)?layernorm\.(.+)", lambda m: f"norm.{m[1]}"),
+        (r"(?:convnext(?:v2)?\.)?layernorm\.(.+)", lambda m: f"norm.{m[1]}"),
         (r"classifier\.(.+)", lambda m: f"head.{m[1]}"),
     ),
 }
@@ -117,13 +128,14 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | Path, size: str | None = None, num_classes: int | None = None) -> LoadedCheckpoint:
-    """Read, recognise and load a ConvNeXt V1 checkpoint; ``size``/``num_classes`` are checked, never forced."""
+    """Read, recognise and load a ConvNeXt V1 or V2 checkpoint; ``size``/``num_classes`` are checked, never forced."""
     path = Path(path)
     original = read_state_dict(path)
     try:
         layout = detect_layout(original)
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
+    _check_finite(original, path)
     state_dict = to_official(original, layout)
     config = _infer_config(state_dict, path, layout, size, num_classes)
     model = build_model(config)
@@ -142,6 +154,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"checkpoint path {path} is a directory; pass the weights file inside it "
             f"(e.g. model.safetensors or pytorch_model.bin)"
         )
+    if not path.is_file():  # a FIFO, socket or device: reading it could block forever
+        raise InputError(f"{path} is not a regular file (a pipe, socket or device); {ACCEPTED_CHECKPOINTS}")
     name = path.name.lower()
     if name.endswith(PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,)):
         impostor = _recognised_non_checkpoint(path)
@@ -168,22 +182,35 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Which published layout the keys follow; V2 and other architectures are refused."""
-    grn = next((key for key in state_dict if "grn" in key), None)
-    if grn is not None:
-        raise InputError(
-            f"ConvNeXt V2 checkpoint (GRN layers, e.g. key {grn!r}) is not supported; "
-            f"this tool exports ConvNeXt V1"
-        )
+    """Which published layout the keys follow (V1 or V2 alike); other architectures are refused."""
     layout = _layout_or_none(state_dict)
     if layout is not None:
         return layout
+    fcmae = _fcmae_key(state_dict)
+    if fcmae is not None:
+        raise InputError(
+            f"this is a ConvNeXt V2 FCMAE pre-training checkpoint (key {fcmae!r}: the sparse encoder and the "
+            f"masked-image decoder, no classifier head), not a model to deploy; export a fine-tuned ConvNeXt V2 "
+            f"checkpoint instead (the official *_ft_*.pt files, timm's convnextv2_*.fcmae_ft_* weights, or your "
+            f"own fine-tune of this encoder with a classifier head)"
+        )
     sample = ", ".join(list(state_dict)[:6])
     raise InputError(
-        f"not a ConvNeXt V1 checkpoint: no {'/'.join(LAYOUTS)} layout keys found "
+        f"not a ConvNeXt checkpoint: no {'/'.join(LAYOUTS)} layout keys found "
         f"(first keys: {sample}); expected e.g. {_LAYOUT_MARKERS['official'][0]!r} or "
         f"{_LAYOUT_MARKERS['timm'][0]!r}"
     )
+
+
+def _fcmae_key(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """A key only FCMAE pre-training checkpoints have (facebookresearch/ConvNeXt-V2 models/fcmae.py)."""
+    return next((key for key in state_dict if key in ("mask_token", "decoder.0.weight") or
+                 (key.startswith("encoder.") and key.endswith(".kernel"))), None)
+
+
+def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``v2`` when any block carries GRN weights, else ``v1``."""
+    return "v2" if any(".grn." in key or key.startswith("grn.") for key in state_dict) else "v1"
 
 
 def to_official(state_dict: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
@@ -295,8 +322,15 @@ def _strip_wrapper_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def _layout_or_none(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    keys = {key.removeprefix(_HF_PREFIX) for key in state_dict}
+    keys = {_strip_hf_prefix(key) for key in state_dict}
     return next((layout for layout, markers in _LAYOUT_MARKERS.items() if all(m in keys for m in markers)), None)
+
+
+def _strip_hf_prefix(key: str) -> str:
+    for prefix in _HF_PREFIXES:
+        if key.startswith(prefix):
+            return key.removeprefix(prefix)
+    return key
 
 
 def _official_key(key: str, layout: str) -> str:
@@ -308,9 +342,12 @@ def _official_key(key: str, layout: str) -> str:
 
 
 def _official_shape(key: str, tensor: torch.Tensor) -> torch.Tensor:
-    """timm conv_mlp fc weights (4C,C,1,1) -> Linear (4C,C); torchvision layer scale (C,1,1) -> (C,)."""
+    """timm conv_mlp fc weights (4C,C,1,1) -> Linear (4C,C); torchvision layer scale (C,1,1) -> (C,);
+    timm GRN weight/bias (4C,) -> the official (1,1,1,4C)."""
     if re.search(r"\.pwconv[12]\.weight$", key) and tensor.ndim == 4 and tensor.shape[2:] == (1, 1):
         return tensor.flatten(1)
+    if re.search(r"\.grn\.(gamma|beta)$", key) and tensor.ndim == 1:
+        return tensor.view(1, 1, 1, -1)
     if key.endswith(".gamma") and tensor.ndim > 1 and all(size == 1 for size in tensor.shape[1:]):
         return tensor.flatten()
     return tensor
@@ -326,28 +363,36 @@ def _infer_config(
             blocks.setdefault(int(match[1]), {})[int(match[2])] = tensor.shape[0]
     depths = tuple(len(blocks.get(stage, {})) for stage in range(4))
     dims = tuple(min(blocks[stage].items())[1] if blocks.get(stage) else 0 for stage in range(4))
-    found = find_config(depths, dims)
+    family = detect_family(state_dict)
+    found = find_config(depths, dims, family)
     if found is None:
-        known = "; ".join(f"{c.name} {list(c.depths)}/{list(c.dims)}" for c in map(get_config, size_names()))
+        known = "; ".join(f"{c.name} {list(c.depths)}/{list(c.dims)}" for c in map(get_config, size_names())
+                          if c.family == family)
         raise InputError(
-            f"{path} ({layout} layout) has depths {list(depths)} and dims {list(dims)}, which match no "
-            f"known ConvNeXt size; valid sizes (depths/dims): {known}"
+            f"{path} ({layout} layout, ConvNeXt {family.upper()}) has depths {list(depths)} and dims {list(dims)}, "
+            f"which match no known ConvNeXt {family.upper()} size; valid sizes (depths/dims): {known}"
         )
     if size is not None:
         try:
-            get_config(size)
+            requested = get_config(size)
         except UnknownSizeError as error:
             raise InputError(str(error)) from None
-        if size != found.name:
+        if requested.name != found.name:
+            other = (f": it is a ConvNeXt {found.family.upper()} checkpoint (GRN keys "
+                     f"{'present' if found.family == 'v2' else 'absent'}), and --size {size} is ConvNeXt "
+                     f"{requested.family.upper()}") if requested.family != found.family else ""
             raise InputError(
-                f"size {size!r} was requested, but {path} holds a ConvNeXt-{found.name} "
-                f"(depths {list(found.depths)}, dims {list(found.dims)}); use size {found.name!r} or leave it out"
+                f"size {size!r} was requested, but {path} holds a {found.title} "
+                f"(depths {list(found.depths)}, dims {list(found.dims)}){other}; use size {found.name!r} or leave it out"
             )
     head = state_dict.get("head.weight")
     if head is None or head.ndim != 2:
+        fcmae = (" It looks like an FCMAE pre-training checkpoint (a ConvNeXt V2 encoder without a head): "
+                 "export a fine-tuned checkpoint (timm's convnextv2_*.fcmae_ft_* weights, or fine-tune it with "
+                 "a classifier head first)") if family == "v2" else ""
         raise InputError(
-            f"{path} ({layout} layout) has no classifier head (expected {_original_head_key(layout)!r}); "
-            f"this tool exports image classifiers"
+            f"{path} ({layout} layout, ConvNeXt {family.upper()}) has no classifier head (expected "
+            f"{_original_head_key(layout)!r}); this tool exports image classifiers.{fcmae}"
         )
     classes = head.shape[0]
     if num_classes is not None and num_classes != classes:
@@ -404,9 +449,19 @@ def _check_fit(
     ]
     if problems:
         raise InputError(
-            f"{path} was recognised as the {layout} layout but does not fit ConvNeXt-{model.config.name} "
+            f"{path} was recognised as the {layout} layout of a {model.config.title} but does not fit it "
             f"(names are model.py's official names): " + "; ".join(problems)
         )
+
+
+def _check_finite(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity, naming the first tensors that do: the export would be garbage."""
+    bad = [f"{key} ({int((~torch.isfinite(tensor)).sum())} of {tensor.numel()})" for key, tensor in state_dict.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise InputError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinity: {', '.join(bad[:5])}"
+                         f"{', ...' if len(bad) > 5 else ''}; the training run that wrote them diverged or the file "
+                         f"is damaged: use an earlier checkpoint or download it again")
 
 
 def _first_line(error: BaseException | str) -> str:

@@ -12,22 +12,25 @@ from rich.markup import escape
 from rich.table import Table
 
 from .calibration.data import DEFAULT_CALIB_SIZE, DEFAULT_HOLDOUT
-from .calibration.int8 import DEFAULT_METHOD, Int8Options
+from .calibration.int8 import DEFAULT_METHOD
 from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .calibration.recipe import TARGETS
 from .calibration.sigmoid_gelu import GELU_FORMS
-from .config import size_names
 from .drift import drift_meaning
-from .export import DEFAULT_OPSET, MIN_OPSET
+from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .files import write_atomically
 from .isa import ISA_CHOICES
-from .options import (EXIT_CODES_EPILOG, CommandError, float_triple, json_option, quiet_option, reports_errors,
-                      seed_option, threads_option, write_json)
-from .pipeline import ExportRequest, ExportResult, PreprocessingOverrides, export_artifact
+from .options import (EXIT_CODES_EPILOG, MODEL_NAMES, WEIGHTS, CommandError, float_triple, json_option, quiet_option,
+                      reports_errors, seed_option, threads_option, version_option, write_json)
+from .api import benchmark, export_request
+from .pipeline import ExportResult, export_artifact
 from .preprocess import INTERPOLATIONS
 from .progress import ProgressBars
-from .tensorrt.build import EngineBuildSettings, parse_workspace
-from .tensorrt.profiles import DEFAULT_MAX_BATCH, batch_profile
+from .tensorrt.profiles import DEFAULT_MAX_BATCH
+
+
+# Where preprocessing comes from when no option sets it (pipeline.load_reference).
+WEIGHTS_PREPROCESSING = "the weights'"
 
 
 def _console(quiet: bool, json_path: str | None) -> Console:
@@ -36,18 +39,29 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_EPILOG)
-@click.option("--size", type=click.Choice(size_names()), default=None,
-              help="Model size (default tiny; inferred from --weights when given).")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Checkpoint (.pth/.pt/.bin/.safetensors): official, timm, torchvision or Hugging Face layout.")
+@click.option("--size", metavar="NAME", default=None,
+              help=f"Model: {MODEL_NAMES} [default: tiny; inferred from --weights].")
+@click.option("--weights", type=WEIGHTS, default=None,
+              help="Checkpoint (.pth/.pt/.bin/.safetensors) in the official, timm, torchvision or Hugging Face "
+                   "layout, or published weights as hf-hub:OWNER/NAME[@REVISION], e.g. "
+                   "hf-hub:timm/convnext_tiny.fb_in1k (pip install 'convnext-export[hub]') "
+                   "[default: seeded random weights].")
 @click.option("--num-classes", type=int, default=None, help="Classes (default 1000, or the checkpoint's).")
-@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Input resolution (default 224).")
-@click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), default=None, help="Center-crop fraction.")
-@click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default=None)
-@click.option("--mean", callback=float_triple, default=None, help="Normalization mean, e.g. 0.485,0.456,0.406.")
-@click.option("--std", callback=float_triple, default=None, help="Normalization std, e.g. 0.229,0.224,0.225.")
-@click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True,
-              help="ONNX opset (17-19 decompose GELU).")
+@click.option("--image-size", type=click.IntRange(min=32), default=None,
+              help=f"Input resolution. Unset preprocessing options take what the weights name: a pretrained tag in "
+                   f"--size, the hub's config.json, a <checkpoint>.json or reference.json sidecar, the torchvision "
+                   f"layout's [default: {WEIGHTS_PREPROCESSING}, else 224].")
+@click.option("--crop-pct", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help=f"Center-crop fraction: the short side is resized to image-size / crop-pct, then cropped "
+                   f"[default: {WEIGHTS_PREPROCESSING}, else 0.875].")
+@click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default=None,
+              help=f"Resize filter [default: {WEIGHTS_PREPROCESSING}, else bicubic].")
+@click.option("--mean", callback=float_triple, default=None,
+              help=f"Normalization mean, e.g. 0.485,0.456,0.406 [default: {WEIGHTS_PREPROCESSING}, else ImageNet's].")
+@click.option("--std", callback=float_triple, default=None,
+              help=f"Normalization std, e.g. 0.229,0.224,0.225 [default: {WEIGHTS_PREPROCESSING}, else ImageNet's].")
+@click.option("--opset", type=click.IntRange(min=MIN_OPSET, max=MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (17-19 decompose GELU).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Static batch size (default: dynamic).")
 @seed_option
 @click.option("--no-fuse", is_flag=True, help="Export the faithful, unfused graph.")
@@ -55,13 +69,14 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 inputs and outputs too.")
 @click.option("--int8", is_flag=True, help="Calibrated INT8 Q/DQ model.")
 @click.option("--target", type=click.Choice(TARGETS), default=None,
-              help="INT8 Q/DQ layout: cpu (u8 activations, the fast path here; default) or tensorrt "
-                   "(symmetric int8, zero point 0; implied by --trt).")
+              help="INT8 Q/DQ layout: cpu (u8 activations: ONNX Runtime's fast x86 integer kernels) or tensorrt "
+                   "(symmetric int8, zero point 0; implied by --trt) [default: cpu].")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None,
               help="Calibration images: a folder (class subfolders or flat), or a .npy/.npz array "
                    "(default: synthetic noise, with a warning).")
 @click.option("--calib-size", type=click.IntRange(min=1), default=None,
-              help=f"Calibration images, a seeded subset; 1/8 is held out to validate [default: {DEFAULT_CALIB_SIZE}].")
+              help=f"Calibration images, a seeded subset of --calib-data; --holdout more images validate the result "
+                   f"[default: {DEFAULT_CALIB_SIZE}].")
 @click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help=f"How ranges are set from the activations [default: {DEFAULT_METHOD}].")
 @click.option("--calib-percentile", type=float, default=None,
@@ -90,10 +105,12 @@ def _console(quiet: bool, json_path: str | None) -> Console:
               help="Also build model.engine with TensorRT 10/11 from the final ONNX (strongly typed: the ONNX's "
                    "FP16 casts / INT8 Q/DQ decide precision). Needs an NVIDIA GPU and "
                    "pip install 'convnext-export[tensorrt]'.")
-@click.option("--min-batch", type=int, default=None, help="--trt, dynamic batch: smallest batch the engine takes [1].")
-@click.option("--opt-batch", type=int, default=None, help="--trt, dynamic batch: batch TensorRT tunes for [min].")
+@click.option("--min-batch", type=int, default=None,
+              help="--trt, dynamic batch: smallest batch the engine takes [default: 1].")
+@click.option("--opt-batch", type=int, default=None,
+              help="--trt, dynamic batch: batch TensorRT tunes for [default: --min-batch].")
 @click.option("--max-batch", type=int, default=None,
-              help=f"--trt, dynamic batch: largest batch the engine takes [max({DEFAULT_MAX_BATCH}, opt)].")
+              help=f"--trt, dynamic batch: largest batch the engine takes [default: max({DEFAULT_MAX_BATCH}, --opt-batch)].")
 @click.option("--workspace", default=None, metavar="SIZE",
               help="--trt: builder workspace limit, e.g. 512MiB or 4GiB (default: TensorRT's, the GPU's memory).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -102,51 +119,28 @@ def _console(quiet: bool, json_path: str | None) -> Console:
               help="--trt: TensorRT builder optimization level 0-5 (default 3: TensorRT's).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory (default artifacts/convnext_<size>-<precision>/).")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
+@click.option("--force", is_flag=True,
+              help="Replace a non-empty --out directory. Never one that is, holds or lies in an input (--weights, "
+                   "--calib-data, --calib-cache), nor the current directory, a git work tree, the package or home "
+                   "(exit 2); one export at a time writes an --out (a second is refused, exit 2).")
 @quiet_option
 @json_option
+@version_option
 @reports_errors
 def export_command(size, weights, num_classes, image_size, crop_pct, interpolation, mean, std, opset, batch, seed,
                    no_fuse, fp16, fp16_io, int8, target, calib_data, calib_size, calib_method, calib_percentile,
                    exclude, max_drift, gelu, isa, holdout, calib_cache, trt, min_batch, opt_batch, max_batch, workspace, timing_cache,
                    builder_opt_level, out, force, quiet, json_path) -> None:
     """Export a ConvNeXt to fused ONNX with a manifest, checked against the eager model."""
-    if fp16 and int8:
-        raise click.UsageError("--fp16 and --int8 exclude each other: pick one precision")
-    if fp16_io and not fp16:
-        raise click.UsageError("--fp16-io applies to --fp16 only")
-    int8_only = {"--calib-data": calib_data, "--calib-size": calib_size, "--calib-method": calib_method,
-                 "--calib-percentile": calib_percentile, "--exclude": exclude, "--max-drift": max_drift,
-                 "--gelu": gelu, "--isa": isa, "--holdout": holdout, "--calib-cache": calib_cache}
-    given = [flag for flag, value in int8_only.items() if value not in (None, ())]
-    if given and not int8:
-        raise click.UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --int8 only")
-    if target == "cpu" and trt:
-        raise click.UsageError("--trt builds for TensorRT: it takes the tensorrt INT8 layout, not --target cpu")
-    target = "tensorrt" if trt else (target or "cpu")
-    trt_only = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch, "--workspace": workspace,
-                "--timing-cache": timing_cache, "--builder-opt-level": builder_opt_level}
-    given = [flag for flag, value in trt_only.items() if value is not None]
-    if given and not trt:
-        raise click.UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --trt only")
-    engine = EngineBuildSettings(
-        profile=batch_profile(batch, min_batch, opt_batch, max_batch),
-        workspace_bytes=parse_workspace(workspace) if workspace is not None else None,
-        timing_cache=timing_cache, optimization_level=builder_opt_level,
-    ) if trt else None
+    request = export_request(
+        size=size, weights=weights, num_classes=num_classes, image_size=image_size, crop_pct=crop_pct,
+        interpolation=interpolation, mean=mean, std=std, opset=opset, batch=batch, seed=seed, fuse=not no_fuse,
+        fp16=fp16, fp16_io=fp16_io, int8=int8, target=target, calib_data=calib_data, calib_size=calib_size,
+        calib_method=calib_method, calib_percentile=calib_percentile, exclude=exclude, max_drift=max_drift, gelu=gelu,
+        isa=isa, holdout=holdout, calib_cache=calib_cache, trt=trt, min_batch=min_batch, opt_batch=opt_batch,
+        max_batch=max_batch, workspace=workspace, timing_cache=timing_cache, builder_opt_level=builder_opt_level,
+        out=out, force=force)
     console = _console(quiet, json_path)
-    int8_options = Int8Options(
-        calib_data=calib_data, calib_size=calib_size or DEFAULT_CALIB_SIZE, calib_method=calib_method or DEFAULT_METHOD,
-        calib_percentile=DEFAULT_PERCENTILE if calib_percentile is None else calib_percentile,
-        exclude=tuple(exclude), max_drift=max_drift, calib_cache=calib_cache, seed=seed, gelu=gelu or "exact",
-        isa=isa or "host", holdout=holdout,
-    )
-    request = ExportRequest(
-        size=size, weights=weights, num_classes=num_classes, seed=seed, opset=opset, batch=batch, fuse=not no_fuse,
-        preprocessing=PreprocessingOverrides(image_size, crop_pct, interpolation, mean, std), out=out, force=force,
-        precision="int8" if int8 else "fp16" if fp16 else "fp32", target=target, int8=int8_options, fp16_io=fp16_io,
-        engine=engine,
-    )
     with ProgressBars(console, disabled=quiet or json_path == "-") as progress:
         result = export_artifact(request, log=lambda message: console.log(escape(message)), progress=progress)
     print_export_summary(console, result)
@@ -154,15 +148,7 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
 
 
 def export_summary(result: ExportResult) -> dict:
-    artifact = result.artifact
-    return {
-        "artifact": str(artifact.directory),
-        "model": str(artifact.model_path),
-        "size_bytes": result.size_bytes,
-        "seconds": round(result.seconds, 2),
-        "op_census": result.op_census,
-        "manifest": artifact.to_dict(),
-    }
+    return result.to_dict()
 
 
 def print_export_summary(console: Console, result: ExportResult) -> None:
@@ -172,7 +158,8 @@ def print_export_summary(console: Console, result: ExportResult) -> None:
     table.add_row("config", f"{artifact.config.name}, {artifact.config.num_classes} classes, "
                             f"{artifact.preprocessing.image_size}px, {artifact.precision}, opset {artifact.opset}")
     weights = artifact.weights
-    table.add_row("weights", f"{weights.path} ({weights.layout} layout)" if weights.path else f"random, seed {weights.seed}")
+    table.add_row("weights", (f"{weights.hub}: " if weights.hub else "") + f"{weights.path} ({weights.layout} layout)"
+                  if weights.path else f"random, seed {weights.seed}")
     table.add_row("ops", ", ".join(f"{op} {n}" for op, n in result.op_census.items()))
     applied = [f"{name} x{n}" for name, n in artifact.fusions.items() if n]
     table.add_row("fusions", ", ".join(applied) or "none (--no-fuse)")
@@ -329,15 +316,16 @@ def _default_backends() -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_EPILOG)
 @click.argument("artifact_dirs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--size", type=click.Choice(size_names()), default=None,
-              help="Size of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given "
-                   "(default tiny; inferred from --weights).")
-@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Resolution of the default set (224).")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Checkpoint for the default set (default: seeded random weights).")
+@click.option("--size", metavar="NAME", default=None,
+              help=f"Model of the default set (FP32, INT8) exported when no ARTIFACT_DIR is given: {MODEL_NAMES} "
+                   "[default: tiny; inferred from --weights].")
+@click.option("--image-size", type=click.IntRange(min=32), default=None,
+              help=f"Resolution of the default set [default: {WEIGHTS_PREPROCESSING}, else 224].")
+@click.option("--weights", type=WEIGHTS, default=None,
+              help="Checkpoint file or hf-hub:OWNER/NAME id for the default set [default: seeded random weights].")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the default set's exports here (default: a temporary directory).")
-@click.option("--backends", default=_default_backends, show_default=True, callback=_backend_list,
+@click.option("--backends", default=_default_backends(), show_default=True, callback=_backend_list,
               help="Comma list; torch (eager) is always measured as the reference. Not installed: listed as skipped.")
 @click.option("--batch", "batches", default=None, callback=_batch_list,
               help="Batch sizes, e.g. 1,8 [default: 1, and each static-batch artifact at its own batch].")
@@ -365,7 +353,7 @@ def _default_backends() -> str:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a latency-vs-accuracy (Pareto) PNG to FILE.")
 @quiet_option
-@click.option("--baseline", "baselines", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
               help="A previous --json report: exit 1 when a matching row regressed, 3 when the gate could not "
                    "decide (contended rows, non-finite figures, nothing gated). Repeatable, one per kind of CPU: "
                    "the gate uses the one recorded on this machine's kernel family (float and int8).")
@@ -376,10 +364,11 @@ def _default_backends() -> str:
 @click.option("--from-json", "from_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Report (and gate) an earlier --json run instead of running the benchmark.")
 @click.option("--allow-missing", is_flag=True, help="With --baseline: rows missing on either side do not fail the gate.")
+@version_option
 @click.pass_context
 @reports_errors
 def bench_command(ctx, artifact_dirs, size, image_size, weights, work, backends, batches, threads, warmup, iters, min_time,
-                  block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baselines,
+                  block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,
                   max_regression, absolute, from_json, allow_missing) -> None:
     """Time artifacts on every backend beside the eager model, measure their drift, report, gate.
 
@@ -387,41 +376,22 @@ def bench_command(ctx, artifact_dirs, size, image_size, weights, work, backends,
     measured before and while timing; rows timed on a contended machine are flagged, their speedups not to be
     trusted, and the gate neither passes nor fails on them (exit 3).
     """
-    from .bench import BenchRequest, TimingPlan
-    from .bench.defaults import DefaultSet, run_benchmark
-    from .bench.gate import load_report, parse_regression
-    from .bench.runner import SCHEMA, validate_request
-
     if json_path == "-" and markdown_path == "-":
         raise click.UsageError("--json - and --markdown - both want stdout; write one of them to a file")
-    _refuse_ignored_options(ctx, artifact_dirs or from_json, baselines)
+    _refuse_ignored_options(ctx, artifact_dirs or from_json, baseline)
     console = _console(quiet, "-" if "-" in (json_path, markdown_path) else None)
     if not console.is_terminal and "COLUMNS" not in os.environ:  # logs and CI: room for the whole table
         console.width = max(console.width, 150)
-    tolerance = parse_regression(max_regression)
-    baseline_reports = {path: load_report(path, SCHEMA) for path in baselines}
-    request = BenchRequest(artifacts=tuple(artifact_dirs), backends=backends, batches=batches, threads=threads,
-                           plan=TimingPlan(warmup=warmup, iters=iters, min_time=min_time, block=block), data=data,
-                           limit=limit, seed=seed, profile_dir=profile_dir, cold_start=cold_start,
-                           cuda_graph=cuda_graph)
-    validate_request(request)
-    if from_json is not None:
-        report = load_report(from_json, SCHEMA, "--from-json")
-        report.pop("gate", None)
-    else:
-        with ProgressBars(console, disabled=quiet or "-" in (json_path, markdown_path)) as progress:
-            defaults = DefaultSet(size or (None if weights else "tiny"), image_size, weights, seed, work)
-            report = run_benchmark(request, defaults,
-                                   log=lambda message: console.log(escape(message)), progress=progress)
-    if baseline_reports:
-        from .bench.gate import compare, select_baseline
-
-        path, notes = select_baseline(baseline_reports, report)
-        result = compare(baseline_reports[path], report, tolerance, absolute, allow_missing)
-        result.notes[:0] = notes
-        report["gate"] = {"baseline": str(path), **result.to_dict()}
+    with ProgressBars(console, disabled=quiet or "-" in (json_path, markdown_path) or from_json is not None) as progress:
+        report = benchmark(artifact_dirs, size=size, image_size=image_size, weights=weights, work=work,
+                           backends=backends,
+                           batches=batches, threads=threads, warmup=warmup, iters=iters, min_time=min_time,
+                           block=block, cold_start=cold_start, cuda_graph=cuda_graph, data=data, limit=limit, seed=seed,
+                           profile_dir=profile_dir, baseline=baseline, max_regression=max_regression,
+                           absolute=absolute, allow_missing=allow_missing, from_json=from_json,
+                           log=lambda message: console.log(escape(message)), progress=progress)
     _bench_outputs(report, console, json_path, markdown_path, plot_path)
-    if baseline_reports:
+    if baseline:
         _bench_verdict(report["gate"], console)
 
 

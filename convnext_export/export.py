@@ -19,6 +19,9 @@ from .errors import ConvNeXtExportError, InputError
 
 DEFAULT_OPSET = 20
 MIN_OPSET = 17  # LayerNormalization; Gelu needs 20
+# The newest opset torch.onnx's converter reaches and ONNX Runtime 1.32 runs (atto exported and checked at each
+# of 17-25 here; 26 and 28 fail in the exporter's version conversion).
+MAX_OPSET = 25
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -30,10 +33,29 @@ class ExportedGraph:
 
 
 def check_opset(opset: int) -> None:
+    if opset > MAX_OPSET:
+        raise InputError(f"--opset {opset}: the exporter and ONNX Runtime here work up to opset {MAX_OPSET}; "
+                         f"use {MIN_OPSET}-{MAX_OPSET} (20, the default, gives one Gelu and LayerNormalization)")
     if opset < MIN_OPSET:
         raise InputError(
             f"--opset {opset}: ConvNeXt needs opset >= {MIN_OPSET} for one LayerNormalization per norm "
             f"(20, the default, also gives one Gelu)"
+        )
+
+
+def check_single_file_onnx(model: nn.Module) -> None:
+    """Refuse a model whose FP32 weights cannot fit one ONNX file (ConvNeXt-V2-huge: 2.6 GB); the CLI checks
+    the config earlier (``memory.check_export_memory``), this guards direct callers."""
+    from .memory import ONNX_LIMIT_BYTES
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if weight_bytes > ONNX_LIMIT_BYTES:
+        config = getattr(model, "config", None)
+        name = config.title if config is not None else "The model"
+        raise InputError(
+            f"{name} has {weight_bytes / 1e9:.2f} GB of FP32 weights, over the 2 GB an ONNX file can hold (one "
+            f"protobuf message); this tool writes single-file ONNX, so it cannot export it yet: use a smaller size "
+            f"(xlarge, 1.4 GB, and v2-large, 0.8 GB, fit)"
         )
 
 
@@ -43,6 +65,7 @@ def export_onnx(
 ) -> ExportedGraph:
     """Export with the dynamo exporter; ``batch=None`` keeps the batch axis dynamic."""
     check_opset(opset)
+    check_single_file_onnx(model)
     started = time.perf_counter()
     # torch.export specialises a dimension of size 1, so a dynamic batch is traced at 2.
     example = torch.randn(batch or 2, 3, image_size, image_size)

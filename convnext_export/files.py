@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -34,3 +36,19 @@ def write_atomically(path: str | Path, data: bytes | str) -> None:
             temporary.write_text(data)
         else:
             temporary.write_bytes(data)
+
+
+def finite_json(value: object) -> object:
+    """``value`` with every NaN or infinity replaced by None, so the JSON written is valid JSON (RFC 8259)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
+def json_text(payload: object) -> str:
+    """Indented JSON text ending in a newline: no NaN/Infinity literals (null instead), other objects as str."""
+    return json.dumps(finite_json(payload), indent=2, default=str, allow_nan=False) + "\n"

@@ -7,6 +7,9 @@
   init has gamma = 1e-6, so gamma x W ~ 2e-8 lies below FP16's smallest subnormal (6e-8)
   and would be flushed; such blocks keep gamma as a separate multiply
   (``fuse_model(keep_layer_scale=...)``).
+- V2's GRN statistics run in FP32 (``grn_statistic_nodes``): G = ||x||_2 over H x W sums H*W
+  squares, which overflows FP16 once G > 256 (ConvNeXt-V2 issue #66: a TensorRT FP16 V2
+  detector output nothing); only the final x * scale runs in FP16.
 - Inputs and outputs stay FP32 unless ``fp16_io``.
 - Every converted weight is compared with its FP32 value: a tensor that lost more than
   ``MAX_WEIGHT_ENERGY_LOSS`` of its energy refuses the export. Activations are checked on
@@ -54,6 +57,8 @@ def blocks_keeping_layer_scale(model: ConvNeXt) -> set[str]:
     keep = set()
     for i, stage in enumerate(model.stages):
         for j, block in enumerate(stage):
+            if block.gamma is None:  # V2: no layer scale
+                continue
             weight = block.pwconv2.weight.double()
             gamma = block.gamma.double().view(-1, 1)
             folded = (gamma * weight).numpy()
@@ -95,6 +100,7 @@ def activation_ranges(fp32: onnx.ModelProto, images: np.ndarray) -> dict[str, di
     model.graph.output.extend(v for v in float_values if v.name not in known)
     norm_inputs = {node.input[0]: int(next((a.i for a in node.attribute if a.name == "axis"), -1))
                    for node in model.graph.node if node.op_type == "LayerNormalization"}
+    l2_outputs = {node.output[0] for node in model.graph.node if node.op_type == "ReduceL2"}
     session = onnxruntime.InferenceSession(model.SerializeToString(), session_options(),
                                            providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -116,6 +122,9 @@ def activation_ranges(fp32: onnx.ModelProto, images: np.ndarray) -> dict[str, di
             if name in norm_inputs:
                 variance = float(np.var(value.astype(np.float64), axis=norm_inputs[name]).max())
                 entry["max_variance"] = max(entry.get("max_variance", 0.0), variance)
+            if name in l2_outputs:  # GRN's G: its square is the sum of squares an FP16 ReduceL2 accumulates
+                entry["max_sum_of_squares"] = max(entry.get("max_sum_of_squares", 0.0),
+                                                  float(magnitude.max(initial=0.0)) ** 2)
     return stats
 
 
@@ -129,12 +138,68 @@ def overflow_report(stats: dict[str, dict], producers: dict[str, str]) -> dict:
                  if s["nonzero"] and s["subnormal"] / s["nonzero"] > UNDERFLOW_REPORT_FRACTION]
     norm_stats = [{**where(n), "max_variance": s["max_variance"]} for n, s in stats.items()
                   if s.get("max_variance", 0.0) > FP16_MAX]
-    return {"overflow": overflow, "underflow": sorted(underflow, key=lambda e: -e["subnormal_fraction"]),
-            "layernorm_statistics_over_fp16_max": norm_stats, "tensors_checked": len(stats)}
+    grn_stats = [{**where(n), "max_sum_of_squares": s["max_sum_of_squares"]} for n, s in stats.items()
+                 if s.get("max_sum_of_squares", 0.0) > FP16_MAX]
+    report = {"overflow": overflow, "underflow": sorted(underflow, key=lambda e: -e["subnormal_fraction"]),
+              "layernorm_statistics_over_fp16_max": norm_stats, "tensors_checked": len(stats)}
+    if any(".grn/" in name for name in producers.values()):
+        report["grn_sum_of_squares_over_fp16_max"] = grn_stats  # computed in FP32 here; FP16 would overflow
+    return report
+
+
+def grn_statistic_nodes(model: onnx.ModelProto) -> list[str]:
+    """GRN nodes (named ``*.grn/...`` by module) that compute its scale, i.e. all but the x * scale that leaves it."""
+    nodes = [node for node in model.graph.node if ".grn/" in node.name]
+    module = {node.name: node.name.rsplit("/", 1)[0] for node in nodes}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name.rsplit("/", 1)[0] if "/" in node.name else node.name)
+    return [node.name for node in nodes
+            if all(reader == module[node.name] for output in node.output for reader in readers.get(output, []))]
+
+
+def drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove Cast(FP16) -> Cast(FP32) pairs between two FP32 nodes, and sort the nodes (in place).
+
+    The float16 converter casts every output of a blocked node to FP16 and back for the next blocked
+    node, so a chain of FP32 nodes (GRN's statistics) would still round, and overflow, in FP16 between
+    them. Dropping the round trip is exact: the reader gets the FP32 value the writer computed.
+    """
+    graph = model.graph
+    outputs = {value.name for value in graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def casts_to(node: onnx.NodeProto, dtype: int) -> bool:
+        return node.op_type == "Cast" and any(a.name == "to" and a.i == dtype for a in node.attribute)
+
+    dropped: set[int] = set()
+    for node in graph.node:
+        if not casts_to(node, TensorProto.FLOAT16) or node.output[0] in outputs:
+            continue
+        consumers = readers.get(node.output[0], [])
+        if not consumers or not all(casts_to(c, TensorProto.FLOAT) for c in consumers):
+            continue
+        source = node.input[0]  # the FP32 value before the round trip
+        for back in consumers:
+            for reader in readers.get(back.output[0], []):
+                reader.input[:] = [source if name == back.output[0] else name for name in reader.input]
+            dropped.add(id(back))
+        dropped.add(id(node))
+    from .calibration.graph import topological_order
+
+    kept = [node for node in topological_order(graph) if id(node) not in dropped]  # the converter appends its casts
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
 
 
 def convert_to_fp16(fp32: onnx.ModelProto, fp16_io: bool) -> onnx.ModelProto:
-    """ONNX Runtime's float16 converter: everything FP16 but LayerNormalization; FP32 I/O unless ``fp16_io``."""
+    """ONNX Runtime's float16 converter: everything FP16 but LayerNormalization and GRN's statistics;
+    FP32 I/O unless ``fp16_io``."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     logger = logging.getLogger("onnxruntime.transformers.float16")
@@ -142,8 +207,10 @@ def convert_to_fp16(fp32: onnx.ModelProto, fp16_io: bool) -> onnx.ModelProto:
     logger.setLevel(logging.ERROR)
     try:
         with redirect_stdout(io.StringIO()):
-            return convert_float_to_float16(copy.deepcopy(fp32), keep_io_types=not fp16_io,
-                                            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FLOAT_OPS))
+            converted = convert_float_to_float16(copy.deepcopy(fp32), keep_io_types=not fp16_io,
+                                                 op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FLOAT_OPS),
+                                                 node_block_list=grn_statistic_nodes(fp32))
+        return drop_fp16_round_trips(converted)
     finally:
         logger.setLevel(level)
 
@@ -211,6 +278,7 @@ def build_fp16(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     report = {
         "layer_scale_kept_separate": sorted(kept_layer_scale),
         "float32_ops": list(FLOAT_OPS),
+        **({"float32_grn_statistics": len(grn_statistic_nodes(fp32))} if grn_statistic_nodes(fp32) else {}),
         "layernorm_compute_types": layernorm_precision(fp16),
         "io": "float16" if fp16_io else "float32",
         "weights": {"max_energy_loss_allowed": MAX_WEIGHT_ENERGY_LOSS,

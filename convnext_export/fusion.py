@@ -13,6 +13,10 @@ Each rewrite is a pure function that returns new modules (the input model is unt
   layout Transpose surrounds them; only the norms see channels-last data.
 - ``fold_layer_scale``: gamma scales the second pointwise conv: W'' = diag(g) W2, c'' = g c2.
 - ``gelu_as_one_op``: exact GELU, exported as one ONNX ``Gelu`` at opset >= 20.
+- ``grn_as_channel_scale`` (V2): GRN on NCHW data as the per-sample channel scale it is,
+  x (1 + gamma N) with N = G / (mean_c G + eps) and G the L2 norm over H, W: seven ONNX ops
+  (ReduceL2, ReduceMean, Add, Div, Mul, Add, Mul), timm's formula with its epsilon where timm puts it.
+- ``fold_grn_bias`` (V2): GRN's beta moves into pwconv2's bias: pwconv2(y + beta) = W y + (W beta + b).
 
 Folds are computed in float64 and rounded once to the weights' dtype.
 """
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import Block, ConvNeXt, LayerNorm2d
+from .model import GRN, Block, ConvNeXt, LayerNorm2d
 
 FUSIONS = (
     "layernorm_as_one_op",
@@ -35,6 +39,8 @@ FUSIONS = (
     "pointwise_as_conv1x1",
     "fold_layer_scale",
     "gelu_as_one_op",
+    "grn_as_channel_scale",
+    "fold_grn_bias",
 )
 
 
@@ -60,20 +66,38 @@ class LastAxisLayerNorm(ChannelLayerNorm):
         return F.layer_norm(x, (self.channels,), self.weight, self.bias, self.eps)
 
 
+class ChannelScaleGRN(nn.Module):
+    """GRN on NCHW data, its beta folded away: x (1 + gamma N), N = G / (mean_c G + eps), G = ||x||_2 over H, W."""
+
+    def __init__(self, gamma: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(gamma.detach().clone().reshape(1, -1, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.linalg.vector_norm(x, 2, dim=(2, 3), keepdim=True)
+        n = g / (g.mean(1, keepdim=True) + self.eps)
+        return x * (self.gamma * n + 1)
+
+
 class FusedBlock(nn.Module):
-    """dwconv -> LayerNorm (no affine) -> 1x1 conv -> GELU -> 1x1 conv (gamma folded) -> + x."""
+    """dwconv -> LayerNorm (no affine) -> 1x1 conv -> GELU -> [GRN scale] -> 1x1 conv (gamma / beta folded) -> + x."""
 
     def __init__(
         self, dwconv: nn.Conv2d, norm: ChannelLayerNorm, pwconv1: nn.Conv2d, pwconv2: nn.Conv2d,
-        layer_scale: torch.Tensor | None,
+        layer_scale: torch.Tensor | None, grn: ChannelScaleGRN | None = None,
     ) -> None:
         super().__init__()
         self.dwconv, self.norm, self.pwconv1, self.act, self.pwconv2 = dwconv, norm, pwconv1, nn.GELU(), pwconv2
+        self.grn = grn
         # Kept separate only where folding would lose precision (the FP16 path decides per block).
         self.layer_scale = None if layer_scale is None else nn.Parameter(layer_scale.detach().clone().view(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x)))))
+        y = self.act(self.pwconv1(self.norm(self.dwconv(x))))
+        if self.grn is not None:
+            y = self.grn(y)
+        y = self.pwconv2(y)
         if self.layer_scale is not None:
             y = y * self.layer_scale
         return x + y
@@ -146,15 +170,40 @@ def fold_layer_scale(gamma: torch.Tensor, conv: nn.Conv2d) -> nn.Conv2d:
     return folded
 
 
+def grn_as_channel_scale(grn: GRN) -> ChannelScaleGRN:
+    """GRN without its beta (``fold_grn_bias`` moves it), as one channel scale on NCHW data."""
+    return ChannelScaleGRN(grn.gamma.flatten(), grn.eps)
+
+
+@torch.no_grad()
+def fold_grn_bias(beta: torch.Tensor, conv: nn.Conv2d) -> nn.Conv2d:
+    """pwconv2(y + beta) = W y + (W beta + b): GRN's beta joins pwconv2's bias."""
+    folded = copy.deepcopy(conv)
+    weight = conv.weight.double().flatten(1)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    bias = bias + weight @ beta.double().flatten()
+    if folded.bias is None:
+        folded.bias = nn.Parameter(bias.to(conv.weight.dtype))
+    else:
+        folded.bias.copy_(bias)
+    return folded
+
+
 def fuse_block(block: Block, fold_gamma: bool = True) -> tuple[FusedBlock, Counter]:
     norm = layernorm_as_one_op(block.norm)
     norm, pwconv1 = fold_layernorm_affine(norm, pointwise_as_conv1x1(block.pwconv1))
     pwconv2 = pointwise_as_conv1x1(block.pwconv2)
-    if fold_gamma:
-        pwconv2 = fold_layer_scale(block.gamma, pwconv2)
-    fused = FusedBlock(copy.deepcopy(block.dwconv), norm, pwconv1, pwconv2, None if fold_gamma else block.gamma)
-    applied = Counter(layernorm_as_one_op=1, fold_layernorm_affine=1, pointwise_as_conv1x1=2,
-                      fold_layer_scale=int(fold_gamma), gelu_as_one_op=1)
+    applied = Counter(layernorm_as_one_op=1, fold_layernorm_affine=1, pointwise_as_conv1x1=2, gelu_as_one_op=1)
+    grn = None
+    if block.grn is not None:
+        grn, pwconv2 = grn_as_channel_scale(block.grn), fold_grn_bias(block.grn.beta, pwconv2)
+        applied.update(grn_as_channel_scale=1, fold_grn_bias=1)
+    layer_scale = block.gamma
+    if layer_scale is not None:
+        if fold_gamma:
+            pwconv2, layer_scale = fold_layer_scale(layer_scale, pwconv2), None
+        applied["fold_layer_scale"] += int(fold_gamma)
+    fused = FusedBlock(copy.deepcopy(block.dwconv), norm, pwconv1, pwconv2, layer_scale, grn)
     return fused, applied
 
 
@@ -183,4 +232,5 @@ def fuse_model(model: ConvNeXt, keep_layer_scale: Container[str] = ()) -> tuple[
     head_norm, head = fold_layernorm_affine(layernorm_as_one_op(model.norm, channels_last_input=True), model.head)
     applied.update(layernorm_as_one_op=1, fold_layernorm_affine=1)
     fused_model = FusedConvNeXt(stem, downsamples, stages, head_norm, head).eval()
-    return fused_model, {name: applied[name] for name in FUSIONS}
+    # Only the fusions this family has: V1 has no GRN, V2 no layer scale.
+    return fused_model, {name: applied[name] for name in FUSIONS if name in applied}

@@ -27,6 +27,28 @@ REFERENCE_IMAGE_SIZE = 224
 # activation for overflow, INT8 collects every tensor's range and checks the hold-out (measured ~80
 # copies in all, plus the calibration images it holds).
 _PEAK_COPIES = {"fp32": (4, 4), "fp16": (10, 8), "int8": (20, 4)}
+# The weights are held as the eager model, its fused copy, the traced program, the ONNX proto and its
+# serialized bytes, and ONNX Runtime's session: the fit above covers 1,000-class heads, a wider head adds this.
+WEIGHT_COPIES = 6
+ONNX_LIMIT_BYTES = 2**31 - 1  # a protobuf (one .onnx file without external data) holds at most 2 GiB
+
+
+def parameter_count(config: ConvNeXtConfig) -> int:
+    """Parameters of the (unfused) ConvNeXt: stem, downsamples, blocks, head norm and classifier."""
+    dims = config.dims
+    count = 3 * 16 * dims[0] + dims[0] + 2 * dims[0]  # stem conv 4x4 + LayerNorm
+    for stage, (depth, dim) in enumerate(zip(config.depths, dims)):
+        if stage:
+            count += 2 * dims[stage - 1] + 4 * dims[stage - 1] * dim + dim  # LayerNorm + conv 2x2
+        # dwconv, LayerNorm, pwconv1, pwconv2, then V1's layer scale (C) or V2's GRN gamma and beta (2 x 4C)
+        block_extra = 2 * 4 * dim if config.uses_grn else dim
+        count += depth * (49 * dim + dim + 2 * dim + 4 * dim * dim + 4 * dim + 4 * dim * dim + dim + block_extra)
+    return count + 2 * dims[-1] + dims[-1] * config.num_classes + config.num_classes
+
+
+def head_bytes(config: ConvNeXtConfig) -> int:
+    """Memory the classifier's weights take at the peak beyond a 1,000-class head (see WEIGHT_COPIES)."""
+    return FLOAT_BYTES * WEIGHT_COPIES * (config.dims[-1] + 1) * max(config.num_classes - 1000, 0)
 
 
 def biggest_activation(config: ConvNeXtConfig, image_size: int) -> int:
@@ -44,7 +66,7 @@ def export_memory_bytes(config: ConvNeXtConfig, image_size: int, precision: str,
     copies, images = _PEAK_COPIES[precision]
     activations = FLOAT_BYTES * biggest_activation(config, image_size) * copies * (batch or images)
     held = FLOAT_BYTES * 3 * image_size * image_size * calib_size if precision == "int8" else 0
-    return BASE_BYTES + activations + held
+    return BASE_BYTES + activations + held + head_bytes(config)
 
 
 def machine_memory() -> tuple[int | None, int | None]:
@@ -79,6 +101,15 @@ def check_export_memory(config: ConvNeXtConfig, image_size: int, precision: str,
                         calib_size: int = 0, log: Callable[[str], None] = lambda message: None,
                         memory: tuple[int | None, int | None] | None = None) -> None:
     """Refuse (InputError) an export that cannot fit in the machine's memory; warn when it is large or slow."""
+    weights = FLOAT_BYTES * parameter_count(config)
+    if weights > ONNX_LIMIT_BYTES:
+        headless = parameter_count(config.with_classes(0))
+        remedy = (f"use fewer --num-classes (at most {(ONNX_LIMIT_BYTES // FLOAT_BYTES - headless) // (config.dims[-1] + 1):,} "
+                  f"here)" if FLOAT_BYTES * headless < ONNX_LIMIT_BYTES else
+                  "this tool writes single-file ONNX, so it cannot export this size yet: use a smaller one "
+                  "(xlarge and v2-large fit)")
+        raise InputError(f"{config.title} with {config.num_classes:,} classes has {_gb(weights)} of weights, "
+                         f"more than the 2 GiB one ONNX file holds; {remedy}")
     total, available = memory or machine_memory()
     needed = export_memory_bytes(config, image_size, precision, batch, calib_size)
     per_image = FLOAT_BYTES * biggest_activation(config, image_size)
@@ -94,7 +125,9 @@ def check_export_memory(config: ConvNeXtConfig, image_size: int, precision: str,
             if single <= total:
                 remedies.append(f"--batch 1 (about {_gb(single)})")
         if held:
-            remedies.append("a smaller --calib-size")
+            remedies.append("a smaller --calib-size (or --holdout)")
+        if head_bytes(config) > needed // 4:
+            remedies.append(f"fewer --num-classes than {config.num_classes:,}")
         remedies.append(f"a smaller --size than {config.name}")
         options = f"{', '.join(remedies[:-1])} or {remedies[-1]}" if len(remedies) > 1 else remedies[0]
         raise InputError(f"--image-size {image_size}: exporting ConvNeXt-{config.name} would need {detail}, more "

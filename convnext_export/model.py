@@ -1,4 +1,4 @@
-"""The faithful ConvNeXt (facebookresearch/ConvNeXt, models/convnext.py).
+"""The faithful ConvNeXt V1 and V2 (facebookresearch/ConvNeXt models/convnext.py, ConvNeXt-V2 models/convnextv2.py).
 
 Parameter names follow the official checkpoints, so the official layout loads as is and
 every other layout is a rename onto it (see ``checkpoints``). This is the eager reference
@@ -44,26 +44,51 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-class Block(nn.Module):
-    """dwconv 7x7 -> LayerNorm -> Linear C->4C -> GELU -> Linear 4C->C -> gamma -> + x."""
+class GRN(nn.Module):
+    """Global Response Normalization (ConvNeXt V2) on channels-last data, the official code's formula.
 
-    def __init__(self, dim: int, layer_scale_init: float, eps: float, drop_path: float = 0.0) -> None:
+    G = ||x||_2 over H, W (per sample and channel); N = G / (mean_c G + eps); out = gamma (x N) + beta + x.
+    gamma and beta start at 0, so GRN starts as the identity.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
+        return self.gamma * (x * n) + self.beta + x
+
+
+class Block(nn.Module):
+    """dwconv 7x7 -> LayerNorm -> Linear C->4C -> GELU -> [GRN, V2] -> Linear 4C->C -> [gamma, V1] -> + x."""
+
+    def __init__(self, dim: int, layer_scale_init: float | None, eps: float, drop_path: float = 0.0,
+                 grn_eps: float | None = None) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
+        self.grn = None if grn_eps is None else GRN(4 * dim, grn_eps)
         self.pwconv2 = nn.Linear(4 * dim, dim)
-        self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim))
+        self.gamma = None if layer_scale_init is None else nn.Parameter(layer_scale_init * torch.ones(dim))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.dwconv(x)
         x = x.permute(0, 2, 3, 1)
-        x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
-        x = (self.gamma * x).permute(0, 3, 1, 2)
-        return shortcut + self.drop_path(x)
+        x = self.act(self.pwconv1(self.norm(x)))
+        if self.grn is not None:
+            x = self.grn(x)
+        x = self.pwconv2(x)
+        if self.gamma is not None:
+            x = self.gamma * x
+        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
 
 
 class ConvNeXt(nn.Module):
@@ -83,7 +108,8 @@ class ConvNeXt(nn.Module):
         first = 0
         for depth, dim in zip(config.depths, dims):
             self.stages.append(
-                nn.Sequential(*[Block(dim, config.layer_scale_init, eps, rates[first + j]) for j in range(depth)])
+                nn.Sequential(*[Block(dim, config.layer_scale_init, eps, rates[first + j],
+                                      config.grn_eps if config.uses_grn else None) for j in range(depth)])
             )
             first += depth
         self.norm = nn.LayerNorm(dims[-1], eps=config.head_norm_eps)

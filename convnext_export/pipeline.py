@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import platform
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,20 +17,23 @@ import onnx
 import torch
 
 from . import __version__
-from .artifact import Artifact, WeightsSource, file_sha256, staged_directory, write_manifest
+from .artifact import Artifact, WeightsSource, file_sha256, scratch_inside, staged_directory, write_manifest
 from .backends.onnxruntime import OnnxRuntimeBackend
 from .calibration.cache import CACHE_FILE
+from .calibration.data import DEFAULT_HOLDOUT
 from .calibration.int8 import Int8Options
 from .calibration.recipe import TARGETS
-from .config import ConvNeXtConfig, get_config, UnknownSizeError
+from .config import ConvNeXtConfig, UnknownSizeError, get_config, resolve_model_name
 from .drift import drift_meaning, drift_metrics
-from .errors import InputError
+from .errors import ConvNeXtExportError, InputError
 from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
 from .fusion import FUSIONS, fuse_model
+from .hub import fetch_weights, is_hub_id, parse_hub_id
 from .memory import check_export_memory
 from .model import ConvNeXt, build_model
 from .preprocess import Preprocessing, torchvision_preprocessing
 from .progress import ProgressCallback, no_progress
+from .protected import check_out_spares
 from .tensorrt.build import EngineBuildSettings
 
 DRIFT_SAMPLES = 4
@@ -58,8 +62,8 @@ class PreprocessingOverrides:
 
 @dataclass(frozen=True)
 class ExportRequest:
-    size: str | None = None
-    weights: Path | None = None
+    size: str | None = None  # a registered size or timm's name: tiny, convnext_tiny, convnext_tiny.fb_in1k
+    weights: Path | str | None = None  # a checkpoint file or an hf-hub:OWNER/NAME id
     num_classes: int | None = None
     seed: int = 0
     preprocessing: PreprocessingOverrides = field(default_factory=PreprocessingOverrides)
@@ -74,6 +78,12 @@ class ExportRequest:
     fp16_io: bool = False  # FP16 inputs/outputs (default FP32 I/O around an FP16 graph)
     engine: EngineBuildSettings | None = None  # --trt: also build model.engine (TensorRT) from the final ONNX
 
+    def inputs(self) -> dict[str, Path | None]:
+        """The files and folders the export reads, by option: ``--out`` must spare them."""
+        int8 = self.int8 if self.precision == "int8" else Int8Options()
+        return {"--weights": self.weights, "--calib-data": int8.calib_data, "--calib-cache": int8.calib_cache,
+                "--timing-cache": self.engine.timing_cache if self.engine is not None else None}
+
     def default_out(self, config: ConvNeXtConfig) -> Path:
         suffix = "-tensorrt" if self.precision == "int8" and self.target == "tensorrt" else ""
         return Path("artifacts") / f"convnext_{config.name}-{self.precision}{suffix}"
@@ -85,6 +95,17 @@ class ExportResult:
     op_census: dict[str, int]
     seconds: float
     size_bytes: int
+
+    def to_dict(self) -> dict:
+        """What ``convnext-export --json`` writes."""
+        return {
+            "artifact": str(self.artifact.directory),
+            "model": str(self.artifact.model_path),
+            "size_bytes": self.size_bytes,
+            "seconds": round(self.seconds, 2),
+            "op_census": self.op_census,
+            "manifest": self.artifact.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -118,33 +139,65 @@ def sidecar_preprocessing(weights: Path) -> tuple[Preprocessing, Path] | None:
             continue
         try:
             return Preprocessing.from_dict(data), candidate
-        except (KeyError, TypeError, ValueError) as error:
+        except KeyError as error:
             raise InputError(f"{candidate}: sidecar lacks preprocessing field {error}") from None
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{candidate}: the sidecar's preprocessing cannot be used ({error}); fix or remove "
+                             f"it") from None
     return None
 
 
-def load_reference(size: str | None, weights: Path | None, num_classes: int | None, seed: int,
-                   overrides: PreprocessingOverrides = PreprocessingOverrides()) -> ReferenceModel:
-    """The eager reference: a checkpoint (size inferred) or seeded random weights."""
-    if weights is None:
-        try:
+def load_reference(size: str | None, weights: Path | str | None, num_classes: int | None, seed: int,
+                   overrides: PreprocessingOverrides = PreprocessingOverrides(),
+                   log: Callable[[str], None] = lambda message: None) -> ReferenceModel:
+    """The eager reference: a checkpoint (a file or an ``hf-hub:`` id; size inferred) or seeded random weights.
+
+    ``size`` takes timm's names too; a pretrained tag (``convnext_tiny.fb_in1k``) sets the preprocessing, as the
+    hub's config.json does for an ``hf-hub:`` id; then a sidecar beside the file; ``overrides`` win over all.
+    """
+    try:
+        name = resolve_model_name(size) if size is not None else None
+        if weights is None:
             config = get_config(size or "tiny", num_classes)
-        except UnknownSizeError as error:
-            raise InputError(str(error)) from None
+    except UnknownSizeError as error:
+        raise InputError(str(error)) from None
+    tagged = name.pretrained.preprocessing if name is not None and name.pretrained is not None else None
+    if weights is None:
+        if tagged is not None:
+            log(f"{name.timm_name}: its preprocessing and classes, with seeded random weights; "
+                f"--weights hf-hub:timm/{name.timm_name} loads its published weights")
         return ReferenceModel(build_model(config, seed), config, WeightsSource(seed=seed),
-                              overrides.apply(Preprocessing()))
+                              overrides.apply(tagged or Preprocessing()))
     from .checkpoints import load_checkpoint
 
+    hub = None
+    if is_hub_id(weights):
+        hub = fetch_weights(parse_hub_id(str(weights)), log)
+        weights = hub.path
     loaded = load_checkpoint(weights, size=size, num_classes=num_classes)
-    sidecar = sidecar_preprocessing(Path(weights))
-    if sidecar is not None:
+    sidecar = sidecar_preprocessing(Path(weights)) if hub is None else None
+    if tagged is not None:
+        base = tagged
+    elif hub is not None:
+        base = hub.preprocessing or hub_tag_preprocessing(hub.hub_id.model_name) or Preprocessing()
+    elif sidecar is not None:
         base = sidecar[0]
     elif loaded.layout == "torchvision":
         base = torchvision_preprocessing(loaded.config.name)
     else:
         base = Preprocessing()
-    source = WeightsSource(path=str(Path(weights).resolve()), sha256=loaded.sha256, layout=loaded.layout)
+    source = WeightsSource(path=str(Path(weights).resolve()), sha256=loaded.sha256, layout=loaded.layout,
+                           hub=str(hub.hub_id) if hub is not None else None)
     return ReferenceModel(loaded.model, loaded.config, source, overrides.apply(base))
+
+
+def hub_tag_preprocessing(model_name: str) -> Preprocessing | None:
+    """A hub repository named after a known timm tag (timm/convnext_tiny.fb_in1k) without a pretrained_cfg."""
+    try:
+        name = resolve_model_name(model_name)
+    except UnknownSizeError:
+        return None
+    return name.pretrained.preprocessing if name.pretrained is not None else None
 
 
 def rebuild_reference(artifact: Artifact) -> ConvNeXt:
@@ -182,7 +235,16 @@ def onnx_metadata(reference: ReferenceModel, fusions: dict[str, int], precision:
 
 
 def validate_request(request: ExportRequest) -> None:
+    if request.out is not None:
+        check_out_spares(request.out, request.inputs())
     check_opset(request.opset)
+    try:
+        if request.size is not None:
+            resolve_model_name(request.size)
+    except UnknownSizeError as error:
+        raise InputError(str(error)) from None
+    if is_hub_id(request.weights):
+        parse_hub_id(str(request.weights))
     if request.batch is not None and request.batch < 1:
         raise InputError(f"--batch {request.batch}: a static batch must be >= 1 (omit it for a dynamic batch)")
     if request.num_classes is not None and request.num_classes < 1:
@@ -257,14 +319,52 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
 
         runtime = require_tensorrt("--trt")
     started = time.perf_counter()
-    reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing)
+    if request.weights is None:  # random weights: the model (its head) is checked before it is built
+        config = requested_config(request.size, request.num_classes)
+        check_export_memory(config, request.preprocessing.image_size or Preprocessing().image_size,
+                            request.precision, request.batch)
+    reference = load_reference(request.size, request.weights, request.num_classes, request.seed, request.preprocessing,
+                               log)
+    held = 0
     if request.precision == "int8":  # --calib-data against the model's input size, known now
         request.int8.validate(request.target, reference.preprocessing)
+        held = calibration_images_held(request.int8, reference.preprocessing)
     check_export_memory(reference.config, reference.preprocessing.image_size, request.precision, request.batch,
-                        request.int8.calib_size if request.precision == "int8" else 0, log)
+                        held, log)
     out = request.out or request.default_out(reference.config)
-    with (staged_directory(out, request.force, log) as staging,
-          tempfile.TemporaryDirectory(prefix="convnext-fp32-") as work):
+    check_out_spares(out, request.inputs())
+    try:
+        return _write_artifact(request, reference, out, runtime, started, log, progress)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        raise ConvNeXtExportError(f"--out {out}: the disk is full ({error.strerror}{where}); nothing was written: "
+                                  f"free some space, or choose an --out on another disk") from None
+
+
+def requested_config(size: str | None, num_classes: int | None) -> ConvNeXtConfig:
+    """The config of a random-weights export (default tiny), or a usage error naming the valid sizes."""
+    try:
+        return get_config(size or "tiny", num_classes)
+    except UnknownSizeError as error:
+        raise InputError(str(error)) from None
+
+
+def calibration_images_held(options: Int8Options, preprocessing: Preprocessing) -> int:
+    """Images the INT8 step holds at once: --calib-size plus the hold-out, at most what --calib-data has."""
+    if options.calib_data is None:
+        return options.calib_size + (options.holdout if options.holdout is not None else 0)
+    from .datasets import open_dataset
+
+    wanted = options.calib_size + (DEFAULT_HOLDOUT if options.holdout is None else options.holdout)
+    return len(open_dataset(options.calib_data, preprocessing, limit=wanted, seed=options.seed))
+
+
+def _write_artifact(request: ExportRequest, reference: ReferenceModel, out: Path, runtime, started: float, log,
+                    progress: ProgressCallback) -> ExportResult:
+    """The export proper, into a staged folder that replaces ``out`` only when every step succeeded."""
+    with staged_directory(out, request.force, log) as staging, scratch_inside(staging) as work:
         kept_layer_scale: set[str] = set()
         if request.fuse and request.precision == "fp16":
             from .fp16 import blocks_keeping_layer_scale

@@ -40,6 +40,8 @@ class Preprocessing:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values each, std > 0")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError(f"mean {list(self.mean)} and std {list(self.std)} must be finite numbers (no nan or inf)")
 
     @property
     def resize_size(self) -> int:
@@ -63,7 +65,7 @@ class Preprocessing:
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """RGB image of image_size x image_size, before normalization."""
-        image = image.convert("RGB")
+        image = to_rgb(image)
         width, height = image.size
         size = self.resize_size
         if width <= height:
@@ -85,6 +87,27 @@ class Preprocessing:
     def __call__(self, image: Image.Image) -> np.ndarray:
         """One PIL image -> float32 (3, image_size, image_size)."""
         return self.normalize(np.asarray(self.resize_and_crop(image)))
+
+
+# Modes Pillow gives single-channel images of more than 8 bits (16-bit PNG grey, 16/32-bit TIFF): convert("RGB")
+# clips their values to 255, so they are scaled to 8 bits first.
+WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def is_deep(image: Image.Image) -> bool:
+    """Whether the file stores more than 8 bits per channel: a wide mode, or (48/64-bit RGB(A) PNG) a 16-bit
+    raw mode Pillow decodes to 8 bits by keeping each value's high byte."""
+    return image.mode in WIDE_MODES or any(";16" in str(tile.args) for tile in getattr(image, "tile", None) or ())
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB at 8 bits per channel; 16-bit grey scaled by 255/65535 (rounded) instead of clipped at 255."""
+    if image.mode not in WIDE_MODES:
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"a {image.mode} image with values outside 0..65535 has no 8-bit form")
+    return Image.fromarray(np.round(values * (255 / 65535)).astype(np.uint8), mode="L").convert("RGB")
 
 
 # torchvision's ConvNeXt weights: resize 236 (tiny) / 230 (small) / 232 (base, large), bilinear.

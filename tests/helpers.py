@@ -9,11 +9,15 @@ from torch import nn
 
 @torch.no_grad()
 def make_trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Layer scales ~ U(0.2, 1), LayerNorm weights ~ 1 + 0.3 N, biases ~ 0.1 N, in place."""
+    """Layer scales ~ U(0.2, 1), GRN gamma ~ 0.5 N and beta ~ 0.1 N, LayerNorm weights ~ 1 + 0.3 N, biases ~ 0.1 N,
+    in place."""
     generator = torch.Generator().manual_seed(seed)
     for name, parameter in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
-        if leaf in ("gamma", "layer_scale", "layer_scale_parameter"):
+        if ".grn." in f".{name}":  # V2's GRN (ours gamma/beta, timm's and HF's weight/bias): 0 at init = identity
+            scale = 0.5 if leaf in ("gamma", "weight") else 0.1
+            parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
+        elif leaf in ("gamma", "layer_scale", "layer_scale_parameter"):
             parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.8 + 0.2)
     for module in model.modules():
         if "LayerNorm" in type(module).__name__ and getattr(module, "weight", None) is not None:
@@ -26,3 +30,13 @@ def relative_drift(out, ref) -> float:
     out = np.asarray(out.detach() if isinstance(out, torch.Tensor) else out, np.float64)
     ref = np.asarray(ref.detach() if isinstance(ref, torch.Tensor) else ref, np.float64)
     return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+HEAVY_SIZES = {"base", "large", "xlarge", "v2-base", "v2-large", "v2-huge"}
+
+
+def sizes_marking_heavy_slow(names: list[str]) -> list:
+    """pytest params over sizes, the heavy ones marked ``slow``."""
+    import pytest
+
+    return [pytest.param(s, marks=pytest.mark.slow) if s in HEAVY_SIZES else s for s in names]

@@ -265,12 +265,6 @@ def test_unregistered_size_lists_what_was_found(tmp_path):
     assert "atto" in message and "xlarge" in message
 
 
-def test_convnext_v2_is_refused(tmp_path):
-    model = timm.create_model("convnextv2_atto", pretrained=False)
-    with pytest.raises(InputError, match=r"ConvNeXt V2 checkpoint \(GRN layers, e\.g\. key '.*grn.*'\)"):
-        load_checkpoint(save(tmp_path, model.state_dict()))
-
-
 def test_other_architecture_names_its_keys(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     state_dict = torchvision.models.resnet18(weights=None).state_dict()

@@ -315,17 +315,23 @@ def test_a_killed_exports_staging_folder_is_swept_by_the_next_export(tmp_path):
 
 
 def test_a_live_exports_staging_folder_is_left_alone(tmp_path):
-    """Another export still running into the same --out keeps its folder, whatever PID it has."""
+    """Another export still running into the same --out keeps its folder, and a second export to it is refused
+    naming the first (issue 16: both used to exit 0, the second replacing the first)."""
     from convnext_export.artifact import staged_directory, sweep_stale_staging
+    from convnext_export.errors import InputError
 
     owner = subprocess.Popen([sys.executable, "-c", STAGING_OWNER, str(tmp_path / "k")], stdout=subprocess.PIPE,
                              text=True)
     try:
         staging = Path(owner.stdout.readline().strip())
         assert sweep_stale_staging(tmp_path / "k") == [] and staging.is_dir()
-        with staged_directory(tmp_path / "k", force=False) as mine:
+        with pytest.raises(InputError, match=f"another export \\(pid {owner.pid} on "):
+            with staged_directory(tmp_path / "k", force=False):
+                pass
+        assert staging.is_dir() and not (tmp_path / "k").exists()
+        with staged_directory(tmp_path / "other", force=False) as mine:  # another --out beside it is free
             (mine / "model.onnx").write_text("mine")
-        assert staging.is_dir() and (tmp_path / "k" / "model.onnx").read_text() == "mine"
+        assert (tmp_path / "other" / "model.onnx").read_text() == "mine"
     finally:
         owner.kill()
         owner.wait(timeout=60)

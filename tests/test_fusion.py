@@ -10,9 +10,8 @@ from convnext_export.fusion import (
 )
 from convnext_export.model import LayerNorm2d, build_model
 
-from helpers import make_trained_like, relative_drift
+from helpers import make_trained_like, relative_drift, sizes_marking_heavy_slow
 
-HEAVY = {"base", "large", "xlarge"}
 
 
 def _float64_layernorm(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
@@ -62,16 +61,16 @@ def test_rewrites_leave_the_input_model_untouched():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize(
-    "size", [pytest.param(s, marks=pytest.mark.slow) if s in HEAVY else s for s in size_names()]
-)
+@pytest.mark.parametrize("size", sizes_marking_heavy_slow(size_names()))
 def test_fused_matches_unfused_for_every_size(size):
     model = make_trained_like(build_model(get_config(size, num_classes=10), seed=1))
     fused, applied = fuse_model(model)
     config = model.config
     assert applied["layernorm_as_one_op"] == config.num_layernorms
     assert applied["fold_layernorm_affine"] == config.num_layernorms - 1  # all but the stem's
-    assert applied["fold_layer_scale"] == config.num_blocks
+    per_block = {"fold_grn_bias", "grn_as_channel_scale"} if config.uses_grn else {"fold_layer_scale"}
+    absent = {"fold_layer_scale"} if config.uses_grn else {"fold_grn_bias", "grn_as_channel_scale"}
+    assert all(applied[name] == config.num_blocks for name in per_block) and not absent & set(applied)
     assert applied["pointwise_as_conv1x1"] == 2 * config.num_blocks
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():

@@ -31,31 +31,10 @@ import torch
 from ..artifact import Artifact
 from ..backends.onnxruntime import OnnxRuntimeBackend
 from ..calibration.equalize import restore_scale_name
+from ..calibration.graph import topological_order
 from ..errors import ConvNeXtExportError
 from ..fusion import fuse_model
 from ..model import ConvNeXt
-
-
-def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Nodes sorted so each comes after the producers of its inputs (quantizers append Q/DQ nodes
-    at the end of the list, so the stored order is not always topological)."""
-    producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
-    waiting = [sum(1 for name in set(node.input) if name in producer) for node in graph.node]
-    consumers: dict[int, list[int]] = {}
-    for i, node in enumerate(graph.node):
-        for name in set(node.input):
-            if name in producer:
-                consumers.setdefault(producer[name], []).append(i)
-    ready = [i for i, count in enumerate(waiting) if count == 0]
-    order = []
-    while ready:
-        i = ready.pop(0)
-        order.append(i)
-        for j in consumers.get(i, []):
-            waiting[j] -= 1
-            if waiting[j] == 0:
-                ready.append(j)
-    return [graph.node[i] for i in order]
 
 
 def residual_adds(graph: onnx.GraphProto) -> list[str]:

@@ -159,7 +159,10 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
     path = Path(path)
     holdout = DEFAULT_HOLDOUT if holdout is None else holdout
     wanted = size + holdout
-    dataset = open_dataset(path, preprocessing, limit=wanted, seed=seed)
+    try:
+        dataset = open_dataset(path, preprocessing, limit=wanted, seed=seed)
+    except InputError as error:
+        raise InputError(f"--calib-data: {error}") from None
     notes = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -195,5 +198,6 @@ def load_calibration_data(preprocessing: Preprocessing, path: Path | None, size:
     root = path if path.is_dir() else path.parent
     provenance = {"kind": "dataset", "path": str(path.resolve()), "form": dataset.kind, "seed": seed,
                   "count": len(images), "requested": size, "requested_holdout": holdout,
+                  "skipped_files": dataset.skipped, "converted_16bit_images": len(dataset.converted),
                   "files": file_provenance(files, root)}
     return CalibrationData(calibration, holdout_images, provenance, tuple(notes))

@@ -110,3 +110,25 @@ def nodes_matching(model: onnx.ModelProto, patterns: Iterable[str]) -> dict[str,
     names = [node.name for node in model.graph.node]
     return {pattern: [name for name in names if fnmatchcase(name, pattern) or fnmatchcase(module_of(name), pattern)]
             for pattern in patterns}
+
+
+def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Nodes sorted so each comes after the producers of its inputs (quantizers append Q/DQ nodes
+    at the end of the list, so the stored order is not always topological)."""
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
+    waiting = [sum(1 for name in set(node.input) if name in producer) for node in graph.node]
+    consumers: dict[int, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in set(node.input):
+            if name in producer:
+                consumers.setdefault(producer[name], []).append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    order = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for j in consumers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    return [graph.node[i] for i in order]
