@@ -328,7 +328,8 @@ def _default_backends() -> str:
 @click.option("--backends", default=_default_backends(), show_default=True, callback=_backend_list,
               help="Comma list; torch (eager) is always measured as the reference. Not installed: listed as skipped.")
 @click.option("--batch", "batches", default=None, callback=_batch_list,
-              help="Batch sizes, e.g. 1,8 [default: 1, and each static-batch artifact at its own batch].")
+              help="Batch sizes, e.g. 1,8; without it, 1 and each static-batch artifact at its own batch "
+                   "[default: 1 + static batches].")
 @threads_option
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs per variant.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per variant, at least.")

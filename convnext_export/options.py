@@ -40,8 +40,9 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed and NumPy both take it; seeds are offs
 seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                            help="Seed for random weights and generated inputs (0 to 2**63-1).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="Intra-op threads for every runtime, at most the cores (default: the cores "
-                                   "other running work leaves free, measured before timing; at least 1).")
+                              help="Intra-op threads for every runtime, at most the cores; without it, the cores "
+                                   "other running work leaves free, measured before timing, at least 1 "
+                                   "[default: free cores].")
 
 
 # Libraries whose versions decide what an artifact computes, then the optional runtimes and the hub client.
