@@ -106,30 +106,36 @@ def export_model(*, log: Log | None = None, progress: ProgressCallback | None = 
 
 def benchmark(artifacts: Sequence[Path | str] = (), *, size: str | None = None, image_size: int | None = None,
           weights: Path | str | None = None, work: Path | str | None = None,
-          backends: Sequence[str] | str | None = None, batches: Sequence[int] = (1,), threads: int | None = None,
+          backends: Sequence[str] | str | None = None, batches: Sequence[int] | None = None,
+          threads: int | None = None,
           warmup: int = 5, iters: int = 50, min_time: float = 0.0, block: int = 5, cold_start: bool = True,
           cuda_graph: bool = False, data: Path | str | None = None, limit: int | None = None, seed: int = 0,
-          profile_dir: Path | str | None = None, baseline: Path | str | None = None, max_regression: str = "10%",
+          profile_dir: Path | str | None = None, baseline: Path | str | Sequence[Path | str] = (),
+          max_regression: str = "10%",
           absolute: bool = False, allow_missing: bool = False, from_json: Path | str | None = None,
           log: Log | None = None, progress: ProgressCallback | None = None) -> dict:
     """Benchmark artifacts (or, with none, the default FP32 + INT8 set of ``size``/``weights``), as
-    ``convnext-bench`` does (``batches=(1, 8)`` is ``--batch 1,8``; ``backends`` default: every installed
-    one the CLI lists). Returns the report its ``--json`` writes (schema ``convnext-bench/1``); with
-    ``baseline``, ``report["gate"]["passed"]`` is the gate's verdict (the CLI exits 1 when it is False)."""
+    ``convnext-bench`` does (``batches=(1, 8)`` is ``--batch 1,8``, None: 1 and each static-batch artifact's own;
+    ``threads`` None: the cores other running work leaves free; ``backends`` default: every installed one the
+    CLI lists). Returns the report its ``--json`` writes (schema ``convnext-bench/1``); with ``baseline`` (one
+    report, or several, one per kind of CPU: the one of this machine's kernel family is used),
+    ``report["gate"]["status"]`` is the gate's verdict: passed, failed (the CLI exits 1) or could-not-gate
+    (contended rows, non-finite figures, nothing gated: the CLI exits 3)."""
     from .backends import default_backend_names
     from .bench import BenchRequest, TimingPlan
     from .bench.defaults import DefaultSet, run_benchmark
-    from .bench.gate import compare, load_report, parse_regression
+    from .bench.gate import compare, load_report, parse_regression, select_baseline
     from .bench.runner import SCHEMA, validate_request
 
     if isinstance(backends, str):
         backends = [name.strip() for name in backends.split(",") if name.strip()]
     tolerance = parse_regression(max_regression)
-    baseline_report = load_report(baseline, SCHEMA) if baseline is not None else None
+    baselines = (baseline,) if isinstance(baseline, (str, Path)) else tuple(baseline or ())
+    baseline_reports = {Path(b): load_report(b, SCHEMA) for b in baselines}
     path = lambda value: Path(value) if value is not None else None  # noqa: E731
     request = BenchRequest(artifacts=tuple(Path(a) for a in artifacts),
                            backends=tuple(dict.fromkeys(backends or default_backend_names())),
-                           batches=tuple(dict.fromkeys(batches)), threads=threads,
+                           batches=None if batches is None else tuple(dict.fromkeys(batches)), threads=threads,
                            plan=TimingPlan(warmup=warmup, iters=iters, min_time=min_time, block=block), data=path(data),
                            limit=limit, seed=seed, profile_dir=path(profile_dir), cold_start=cold_start,
                            cuda_graph=cuda_graph)
@@ -140,7 +146,9 @@ def benchmark(artifacts: Sequence[Path | str] = (), *, size: str | None = None, 
     else:
         defaults = DefaultSet(size or (None if weights else "tiny"), image_size, _weights(weights), seed, path(work))
         report = run_benchmark(request, defaults, log=log or (lambda message: None), progress=progress or no_progress)
-    if baseline_report is not None:
-        report["gate"] = {"baseline": str(baseline),
-                          **compare(baseline_report, report, tolerance, absolute, allow_missing).to_dict()}
+    if baseline_reports:
+        chosen, notes = select_baseline(baseline_reports, report)
+        result = compare(baseline_reports[chosen], report, tolerance, absolute, allow_missing)
+        result.notes[:0] = notes
+        report["gate"] = {"baseline": str(chosen), **result.to_dict()}
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -221,7 +222,8 @@ def isa_rows(extra: dict) -> list[tuple[str, str]]:
                          + (f" (gap {run['gap_top1_agreement']:+.2%})" if name != "simulated" else "")
                          for name, run in check["runs"].items())
         verdict = "repaired: " + check["repaired"]["fix"] if check.get("repaired") else (
-            "no kernel gap beyond " + f"{check['tolerance']:.1%}")
+            f"the integer kernels give the same answers as the exact Q/DQ arithmetic (simulated): none loses more "
+            f"than {check['tolerance']:.1%} of top-1 agreement with eager against it")
         rows.append(("kernels", f"top-1 agreement on {check['holdout_images']} hold-out images: {runs}; {verdict}"))
         rows.append(("hold-out", check["holdout_note"]))
     return rows
@@ -283,7 +285,9 @@ if __name__ == "__main__":
 # --- convnext-bench ---------------------------------------------------------------------------
 
 
-def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+def _batch_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
         batches = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -323,7 +327,9 @@ def _default_backends() -> str:
               help="Keep the default set's exports here (default: a temporary directory).")
 @click.option("--backends", default=_default_backends(), show_default=True, callback=_backend_list,
               help="Comma list; torch (eager) is always measured as the reference. Not installed: listed as skipped.")
-@click.option("--batch", "batches", default="1", show_default=True, callback=_batch_list, help="Batch sizes, e.g. 1,8.")
+@click.option("--batch", "batches", default=None, callback=_batch_list,
+              help="Batch sizes, e.g. 1,8; without it, 1 and each static-batch artifact at its own batch "
+                   "[default: 1 + static batches].")
 @threads_option
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs per variant.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per variant, at least.")
@@ -348,24 +354,34 @@ def _default_backends() -> str:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a latency-vs-accuracy (Pareto) PNG to FILE.")
 @quiet_option
-@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A previous --json report: exit 1 when a matching row regressed.")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="A previous --json report: exit 1 when a matching row regressed, 3 when the gate could not "
+                   "decide (contended rows, non-finite figures, nothing gated). Repeatable, one per kind of CPU: "
+                   "the gate uses the one recorded on this machine's kernel family (float and int8).")
 @click.option("--max-regression", default="10%", show_default=True,
-              help="Tolerated regression beyond the spread both runs measured (e.g. 10% or 0.1).")
-@click.option("--absolute", is_flag=True, help="Gate on milliseconds instead of speedup vs eager (dedicated hardware).")
+              help="With --baseline: tolerated regression beyond the spread both runs measured (e.g. 10% or 0.1).")
+@click.option("--absolute", is_flag=True,
+              help="With --baseline: gate on milliseconds instead of speedup vs eager (dedicated hardware).")
 @click.option("--from-json", "from_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Report (and gate) an earlier --json run instead of running the benchmark.")
-@click.option("--allow-missing", is_flag=True, help="Rows missing on either side do not fail the gate.")
+@click.option("--allow-missing", is_flag=True, help="With --baseline: rows missing on either side do not fail the gate.")
 @version_option
+@click.pass_context
 @reports_errors
-def bench_command(artifact_dirs, size, image_size, weights, work, backends, batches, threads, warmup, iters, min_time,
+def bench_command(ctx, artifact_dirs, size, image_size, weights, work, backends, batches, threads, warmup, iters, min_time,
                   block, cold_start, cuda_graph, data, limit, seed, profile_dir, json_path, markdown_path, plot_path, quiet, baseline,
                   max_regression, absolute, from_json, allow_missing) -> None:
-    """Time artifacts on every backend beside the eager model, measure their drift, report, gate."""
+    """Time artifacts on every backend beside the eager model, measure their drift, report, gate.
+
+    Other work running beside the bench (runnable threads, CPU steal, the eager model's own variation) is
+    measured before and while timing; rows timed on a contended machine are flagged, their speedups not to be
+    trusted, and the gate neither passes nor fails on them (exit 3).
+    """
     if json_path == "-" and markdown_path == "-":
         raise click.UsageError("--json - and --markdown - both want stdout; write one of them to a file")
+    _refuse_ignored_options(ctx, artifact_dirs or from_json, baseline)
     console = _console(quiet, "-" if "-" in (json_path, markdown_path) else None)
-    if not console.is_terminal:  # logs and CI: room for the whole table instead of 80 columns
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # logs and CI: room for the whole table
         console.width = max(console.width, 150)
     with ProgressBars(console, disabled=quiet or "-" in (json_path, markdown_path) or from_json is not None) as progress:
         report = benchmark(artifact_dirs, size=size, image_size=image_size, weights=weights, work=work,
@@ -376,8 +392,26 @@ def bench_command(artifact_dirs, size, image_size, weights, work, backends, batc
                            absolute=absolute, allow_missing=allow_missing, from_json=from_json,
                            log=lambda message: console.log(escape(message)), progress=progress)
     _bench_outputs(report, console, json_path, markdown_path, plot_path)
-    if baseline is not None:
+    if baseline:
         _bench_verdict(report["gate"], console)
+
+
+def _refuse_ignored_options(ctx: click.Context, benched: object, baselines: tuple[Path, ...]) -> None:
+    """Options that would be silently ignored are usage errors naming what they apply to."""
+    explicit = {name for name in ctx.params
+                if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    flag = {"size": "--size", "image_size": "--image-size", "weights": "--weights", "work": "--work"}
+    given = [flag[name] for name in flag if name in explicit]
+    if benched and given:
+        raise click.UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to the default set "
+                               "exported when no ARTIFACT_DIR (or --from-json) is given; an artifact is benched as "
+                               "it was exported: re-export it with convnext-export to change it, or drop "
+                               f"{', '.join(given)}")
+    gate_only = [f"--{name.replace('_', '-')}" for name in ("max_regression", "absolute", "allow_missing")
+                 if name in explicit]
+    if gate_only and not baselines:
+        raise click.UsageError(f"{', '.join(gate_only)} appl{'y' if len(gate_only) > 1 else 'ies'} to the latency "
+                               "gate only: add --baseline FILE (an earlier --json report)")
 
 
 def _bench_outputs(report: dict, console: Console, json_path, markdown_path, plot_path) -> None:
@@ -401,10 +435,13 @@ def _bench_outputs(report: dict, console: Console, json_path, markdown_path, plo
 
 
 def _bench_verdict(gate: dict, console: Console) -> None:
-    """Exit 1 with the table of regressions (or missing rows), 0 with a summary."""
+    """Exit 1 with the table of regressions (or missing rows), 3 when it could not gate, 0 with a summary."""
+    from .bench.gate import COULD_NOT_GATE
     from .bench.report import print_gate
 
     print_gate(console, gate, gate["baseline"])
+    if gate["status"] == "could-not-gate":
+        raise CommandError("could not gate: " + "; ".join(gate["could_not_gate"]), COULD_NOT_GATE)
     if not gate["passed"]:
         regressed = [c["row"] for c in gate["compared"] if c["regressed"]]
         missing = gate["missing_in_current"] + gate["missing_in_baseline"]

@@ -25,6 +25,8 @@ Exit codes:
   0    done
   1    failure: the work could not be done (or a gate failed)
   2    usage error or bad input: an option, file or directory as given cannot be used
+  3    convnext-bench --baseline could not gate: rows timed on a contended machine, non-finite
+       figures, or nothing gated (a baseline from another CPU kind); the message says what to do
   {INTERRUPTED_EXIT}  interrupted (Ctrl-C)
   {TERMINATED_EXIT}  terminated (SIGTERM: timeout, CI, docker stop)
 """
@@ -38,7 +40,9 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed and NumPy both take it; seeds are offs
 seed_option = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                            help="Seed for random weights and generated inputs (0 to 2**63-1).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="Intra-op threads for every runtime (default: all cores).")
+                              help="Intra-op threads for every runtime, at most the cores; without it, the cores "
+                                   "other running work leaves free, measured before timing, at least 1 "
+                                   "[default: free cores].")
 
 
 # Libraries whose versions decide what an artifact computes, then the optional runtimes and the hub client.

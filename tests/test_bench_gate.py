@@ -85,7 +85,7 @@ def test_a_baseline_that_is_not_a_bench_report_is_an_input_error(tmp_path, conte
 
 def test_gate_reports_but_does_not_gate_across_kernel_families():
     """A baseline from a VNNI / AVX-512 machine: on an AVX2 machine INT8 and FP32 speedups are reported with the
-    reason, not gated; on a machine of the same kind they are gated."""
+    reason, not gated, and a gate that gated nothing could not gate; on a machine of the same kind they are gated."""
     import copy
 
     from convnext_export.bench.gate import compare
@@ -99,8 +99,30 @@ def test_gate_reports_but_does_not_gate_across_kernel_families():
     zen4 = report(["avx2", "avx512f", "avx512bw", "avx512_vnni"], 6.6, 4.2)
     avx2 = report(["avx2", "fma"], 3.0, 2.5)
     result = compare(zen4, avx2, 0.2)
-    assert result.passed and not result.regressions
+    assert not result.passed and not result.regressions and result.status == "could-not-gate"
     assert all("not_gated" in c for c in result.compared)
+    assert "gated nothing (0 gated of 2 compared" in result.could_not_gate[0]
+    assert "record a baseline on this kind of CPU" in result.could_not_gate[0]
     assert any("INT8 rows are reported, not gated" in n and "avx512_vnni" in n and "avx2" in n for n in result.notes)
     same_kind = compare(zen4, copy.deepcopy(zen4) | {"rows": avx2["rows"]}, 0.2)
     assert not same_kind.passed and len(same_kind.regressions) == 2
+
+
+def test_the_baseline_of_this_machines_kernel_family_is_chosen():
+    """--baseline repeated, one per kind of CPU: an AVX2 run is gated against the AVX2 baseline, not skipped."""
+    from convnext_export.bench.gate import select_baseline
+
+    def report(flags, int8_speedup):
+        rows = [{"model": "atto@64", "precision": "int8", "target": "cpu", "backend": "onnxruntime", "batch": 1,
+                 "speedup_vs_eager": {"speedup": int8_speedup, "spread": 0.01}, "latency_ms": {"p50": 1.0}}]
+        return {"environment": {"cpu": {"flags": flags, "architecture": "x86_64"}}, "rows": rows}
+
+    baselines = {"zen4.json": report(["avx2", "avx512f", "avx512bw", "avx512_vnni"], 6.6),
+                 "avx2.json": report(["avx2", "fma"], 3.0)}
+    avx2_run = report(["avx2", "fma"], 1.5)
+    path, notes = select_baseline(baselines, avx2_run)
+    assert path == "avx2.json" and "kernel family" in notes[0]
+    result = compare(baselines[path], avx2_run, 0.2)
+    assert result.status == "failed" and result.gated == 1  # gated, and the halved speedup caught
+    path, notes = select_baseline({"zen4.json": baselines["zen4.json"]}, avx2_run)
+    assert path == "zen4.json" and notes == []

@@ -1,6 +1,6 @@
 """The latency regression gate: compare a bench report with a committed baseline.
 
-Rows match on (model, precision, target, backend, batch). By default the gate compares each
+Rows match on (model, weights, precision, target, backend, batch). By default the gate compares each
 row's speedup vs the eager model of its own run, which a slower or busier machine changes far
 less than milliseconds. A row regresses when its value worsens by more than
 ``max_regression`` plus the spread both runs measured for it:
@@ -10,6 +10,11 @@ less than milliseconds. A row regresses when its value worsens by more than
   of the per-round paired speedups (1.96 x 1.2533 x (IQR/1.349) / sqrt(rounds) / median);
 - ``absolute``: change = new p50 / old p50 - 1 (ms); regressed when change > max_regression + s_old + s_new,
   with s the same 95% half-width of the latency median (from the IQR of its runs).
+
+The gate neither passes nor fails on figures it cannot trust: rows timed on a contended machine (either
+run's ``contention``), non-finite figures, or a comparison that gated nothing (e.g. a baseline from another
+kernel family) make it "could not gate" (exit code COULD_NOT_GATE), saying why and what to do. A row that
+regressed on clean figures still fails the gate.
 """
 
 from __future__ import annotations
@@ -24,15 +29,35 @@ from .environment import same_machine
 
 SCHEMA_PREFIX = "convnext-bench/"
 NOISY_SPREAD = 0.25  # spreads adding more than this to the tolerance are reported
+COULD_NOT_GATE = 3  # exit code: the gate neither passed nor failed (documented in options.EXIT_CODES_EPILOG)
 
 
-def row_key(row: dict) -> tuple:
-    return (row["model"], row["precision"], row.get("target"), row["backend"], int(row["batch"]))
+def artifact_weights(artifact: dict) -> str | None:
+    """An artifact entry's weights label (runner.weights_label), for reports written before rows carried it."""
+    if artifact.get("weights_label"):
+        return artifact["weights_label"]
+    weights = artifact.get("weights") or {}
+    if weights.get("kind") == "random":
+        return f"seed{weights.get('seed')}"
+    return (weights.get("sha256") or "unknown")[:8] if weights else None
+
+
+def row_weights(row: dict, report: dict) -> str | None:
+    """The row's weights; older reports: those of the report's artifacts of the row's model, when one."""
+    if row.get("weights"):
+        return row["weights"]
+    found = {artifact_weights(a) for a in report.get("artifacts", []) if a.get("model") == row["model"]}
+    return found.pop() if len(found) == 1 else None
+
+
+def row_key(row: dict, report: dict | None = None) -> tuple:
+    weights = row.get("weights") if report is None else row_weights(row, report)
+    return (row["model"], weights, row["precision"], row.get("target"), row["backend"], int(row["batch"]))
 
 
 def key_label(key: tuple) -> str:
-    model, precision, target, backend, batch = key
-    return f"{model}/{precision}/{target or '-'}/{backend}/b{batch}"
+    model, weights, precision, target, backend, batch = key
+    return f"{model}{'#' + weights if weights else ''}/{precision}/{target or '-'}/{backend}/b{batch}"
 
 
 def parse_regression(text: str) -> float:
@@ -65,11 +90,21 @@ def load_report(path: str | Path, schema: str, option: str = "--baseline") -> di
                          "re-record it with this convnext-bench")
     if not isinstance(data.get("rows"), list):
         raise InputError(f"{option} {path}: report has no rows list; it is truncated or hand-edited")
-    try:
-        for row in data["rows"]:
-            row_key(row), row["speedup_vs_eager"]["speedup"], row["latency_ms"]["p50"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"{option} {path}: a row lacks {error}; re-record it") from None
+    if not data["rows"]:
+        raise InputError(f"{option} {path}: report has no rows: nothing to compare; re-record it with "
+                         "convnext-bench ... --json FILE")
+    for n, row in enumerate(data["rows"]):
+        try:
+            row_key(row)
+            figures = {"speedup_vs_eager.speedup": row["speedup_vs_eager"]["speedup"],
+                       "speedup_vs_eager.spread": row["speedup_vs_eager"].get("spread", 0.0),
+                       "latency_ms.p50": row["latency_ms"]["p50"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise InputError(f"{option} {path}: a row lacks {error} (row {n}); re-record it") from None
+        for name, value in figures.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"{option} {path}: row {n} ({row.get('id', row['model'])}): {name} is "
+                                 f"{value!r}, not a number; re-record the baseline with convnext-bench ... --json FILE")
     return data
 
 
@@ -88,20 +123,33 @@ class GateResult:
     missing_in_baseline: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     allow_missing: bool = False
+    could_not_gate: list[str] = field(default_factory=list)  # why the figures cannot decide, and what to do
 
     @property
     def regressions(self) -> list[dict]:
         return [c for c in self.compared if c["regressed"]]
 
     @property
+    def gated(self) -> int:
+        return sum("not_gated" not in c for c in self.compared)
+
+    @property
+    def status(self) -> str:
+        """failed (a clean regression or missing rows), could-not-gate, or passed."""
+        missing = (self.missing_in_current or self.missing_in_baseline) and not self.allow_missing
+        if self.regressions or missing:
+            return "failed"
+        return "could-not-gate" if self.could_not_gate else "passed"
+
+    @property
     def passed(self) -> bool:
-        missing = self.missing_in_current or self.missing_in_baseline
-        return not self.regressions and (self.allow_missing or not missing)
+        return self.status == "passed"
 
     def to_dict(self) -> dict:
         return {"mode": "absolute-ms" if self.absolute else "speedup-vs-eager", "max_regression": self.max_regression,
-                "passed": self.passed, "compared": self.compared, "missing_in_current": self.missing_in_current,
-                "missing_in_baseline": self.missing_in_baseline, "notes": self.notes}
+                "passed": self.passed, "status": self.status, "gated": self.gated, "compared": self.compared,
+                "missing_in_current": self.missing_in_current, "missing_in_baseline": self.missing_in_baseline,
+                "notes": self.notes, "could_not_gate": self.could_not_gate}
 
 
 def kernel_family(environment: dict) -> tuple[bool, str]:
@@ -112,6 +160,19 @@ def kernel_family(environment: dict) -> tuple[bool, str]:
     recorded = environment.get("integer_path", {}).get("integer_path")
     architecture = environment.get("cpu", {}).get("architecture", "x86_64")
     return "avx512f" in flags, recorded or integer_path(flags, architecture).name
+
+
+def select_baseline(baselines: dict, current: dict) -> tuple[object, list[str]]:
+    """The baseline recorded on this run's kernel family (float and int8), else the first; and notes saying which."""
+    family = kernel_family(current.get("environment", {}))
+    for path, report in baselines.items():
+        if kernel_family(report.get("environment", {})) == family:
+            return path, ([f"baseline {path} of {len(baselines)}: the one recorded on this machine's kernel family"]
+                          if len(baselines) > 1 else [])
+    first = next(iter(baselines))
+    kinds = ", ".join(f"{p}: {kernel_family(r.get('environment', {}))[1]}" for p, r in baselines.items())
+    return first, ([f"no baseline was recorded on this machine's kernel family ({family[1]}; baselines: {kinds}): "
+                    f"compared with {first}"] if len(baselines) > 1 else [])
 
 
 def ungated_precisions(baseline: dict, current: dict) -> dict[str, str]:
@@ -144,9 +205,9 @@ def compare(baseline: dict, current: dict, max_regression: float, absolute: bool
         if any(row["precision"] == precision for row in current["rows"]):
             result.notes.append(f"{precision.upper()} rows are reported, not gated: {reason}; record a baseline on "
                                 f"this kind of CPU (convnext-bench ... --json FILE) to gate them here")
-    old_rows, new_rows = ({row_key(r): r for r in report["rows"]} for report in (baseline, current))
+    old_rows, new_rows = ({row_key(r, report): r for r in report["rows"]} for report in (baseline, current))
     for label, report in (("baseline", baseline), ("this run", current)):
-        if len({row_key(r) for r in report["rows"]}) != len(report["rows"]):
+        if len({row_key(r, report) for r in report["rows"]}) != len(report["rows"]):
             result.notes.append(f"{label} has several rows with one (model, precision, target, backend, batch); "
                                 "the last of each was compared")
     differences = same_machine(baseline.get("environment", {}), current.get("environment", {}))
@@ -158,23 +219,58 @@ def compare(baseline: dict, current: dict, max_regression: float, absolute: bool
     result.missing_in_baseline = [key_label(k) for k in new_rows if k not in old_rows]
     for key, new in new_rows.items():
         old = old_rows.get(key)
-        if old is None or (not absolute and key[3] == "torch"):
+        if old is None or (not absolute and key[4] == "torch"):
             continue  # eager's speedup is 1 by definition
         if absolute:
             before, after = old["latency_ms"]["p50"], new["latency_ms"]["p50"]
             allowed = max_regression + latency_spread(old) + latency_spread(new)
-            change = after / before - 1
+            change = after / before - 1 if before else math.nan
             regressed = change > allowed
         else:
             before, after = old["speedup_vs_eager"]["speedup"], new["speedup_vs_eager"]["speedup"]
             allowed = max_regression + old["speedup_vs_eager"]["spread"] + new["speedup_vs_eager"]["spread"]
-            change = after / before - 1
+            change = after / before - 1 if before else math.nan
             regressed = change < -allowed
-        gated = key[1] not in ungated
+        why_not = _why_not_gated(key[2], ungated, old, new, (before, after, allowed, change))
         result.compared.append({"row": key_label(key), "baseline": before, "current": after, "change": change,
-                                "allowed": allowed, "regressed": bool(regressed) and gated,
-                                **({} if gated else {"not_gated": ungated[key[1]]})})
-        if allowed - max_regression > NOISY_SPREAD:
+                                "allowed": allowed, "regressed": bool(regressed) and why_not is None,
+                                **({} if why_not is None else {"not_gated": why_not})})
+        if math.isfinite(allowed) and allowed - max_regression > NOISY_SPREAD:
             result.notes.append(f"{key_label(key)}: measured spread adds {allowed - max_regression:.0%} to the tolerance; "
                                 "regressions smaller than that go unseen: rerun with more --iters on a quieter machine")
+    result.could_not_gate = _could_not_gate(result, baseline, current.get("settings", {}).get("threads"))
     return result
+
+
+def _why_not_gated(precision: str, ungated: dict[str, str], old: dict, new: dict,
+                   figures: tuple[float, float, float, float]) -> str | None:
+    """Why a compared row decides nothing: another kernel family, non-finite figures, or a contended run."""
+    if not all(math.isfinite(value) for value in figures):
+        return "non-finite figures (baseline {:g}, this run {:g}, allowed {:g}, change {:g})".format(*figures)
+    for label, row in (("this run", new), ("the baseline", old)):
+        contention = row.get("contention") or {}
+        if contention.get("contended"):
+            return f"{label} was timed on a contended machine: {'; '.join(contention['reasons'])}"
+    return ungated.get(precision)
+
+
+def _could_not_gate(result: GateResult, baseline: dict, threads: int | None) -> list[str]:
+    """Why the gate can neither pass nor fail, each with what to do; empty when it could gate."""
+    rerecord = baseline.get("command") or "convnext-bench ... --json FILE"
+    rerun = ("rerun the gate with nothing else running: at --threads 1 already, only a quieter machine helps"
+             if threads == 1 else "rerun the gate with nothing else running, or with --threads 1 beside light work")
+    reasons = []
+    nonfinite = [c["row"] for c in result.compared if c.get("not_gated", "").startswith("non-finite")]
+    if nonfinite:
+        reasons.append(f"non-finite figures in {', '.join(nonfinite)}: the baseline or this run holds NaN or "
+                       f"infinite speedups or spreads; re-record the baseline: {rerecord}")
+    contended = [c["row"] for c in result.compared if "contended machine" in c.get("not_gated", "")]
+    if contended:
+        reasons.append(f"{len(contended)} row(s) timed on a contended machine ({', '.join(contended)}): their "
+                       f"speedups can neither pass nor fail; {rerun}")
+    if not result.gated and not reasons:
+        why = "; ".join(dict.fromkeys(c["not_gated"] for c in result.compared if "not_gated" in c)) or (
+            "no row of this run matches a row of the baseline")
+        reasons.append(f"gated nothing ({result.gated} gated of {len(result.compared)} compared: {why}); record a "
+                       f"baseline on this kind of CPU: {rerecord}")
+    return reasons

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -18,13 +19,33 @@ def _ms(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
-def _variant(row: dict) -> str:
-    return f"{row['model']} {row['precision']}" + (f"/{row['target']}" if row.get("target") else "")
+FULL_WIDTH = 140  # narrower consoles get the compact table
+CONTENDED_MARK = "!"
+
+
+def row_model(report: dict, row: dict) -> str:
+    """The row's network, with its weights when the report holds two weights of one architecture."""
+    weights = {r.get("weights") for r in report["rows"] if r["model"] == row["model"]}
+    return f"{row['model']}#{row['weights']}" if len(weights) > 1 and row.get("weights") else row["model"]
+
+
+def _variant(report: dict, row: dict) -> str:
+    """model precision/target, with the artifact's name where two artifacts share them (e.g. a static batch)."""
+    label = f"{row_model(report, row)} {row['precision']}" + (f"/{row['target']}" if row.get("target") else "")
+    twins = {r["artifact"] for r in report["rows"] if r["artifact"] and r["model"] == row["model"]
+             and r.get("weights") == row.get("weights") and r["precision"] == row["precision"]
+             and r.get("target") == row.get("target")}
+    return label + (f" ({row['artifact']})" if row["artifact"] and len(twins) > 1 else "")
+
+
+def is_contended(row: dict) -> bool:
+    return bool((row.get("contention") or {}).get("contended"))
 
 
 def _speedup(row: dict) -> str:
     s = row["speedup_vs_eager"]
-    return f"{s['speedup']:.2f}x" + (f" ±{s['spread']:.0%}" if s["spread"] else "")
+    return (f"{s['speedup']:.2f}x" + (f" ±{s['spread']:.0%}" if s["spread"] else "")
+            + (f" {CONTENDED_MARK}" if is_contended(row) else ""))
 
 
 def is_reference(row: dict) -> bool:
@@ -72,36 +93,89 @@ def _cold(row: dict) -> tuple[str, str]:
 
 COLUMNS = ["variant", "backend", "batch", "p50 ms", "p99 ms", "CV", "img/s", "speedup", "cold s", "peak MB",
            "drift", "top-1 agree"]
+COMPACT_COLUMNS = ["artifact", "backend", "batch", "p50 ms", "speedup", "agree"]
 
 
 def row_cells(report: dict, row: dict, with_accuracy: bool) -> list[str]:
     lat = row["latency_ms"]
     drift, agreement = _drift(report, row)
-    cells = [_variant(row), row["backend"], str(row["batch"]), _ms(lat["p50"]), _ms(lat["p99"]), f"{lat['cv']:.0%}",
-             f"{row['throughput_ips']:.0f}", _speedup(row), *_cold(row), drift, agreement]
+    cells = [_variant(report, row), row["backend"], str(row["batch"]), _ms(lat["p50"]), _ms(lat["p99"]),
+             f"{lat['cv']:.0%}", f"{row['throughput_ips']:.0f}", _speedup(row), *_cold(row), drift, agreement]
     return cells + ([_accuracy(row)] if with_accuracy else [])
 
 
+def compact_cells(report: dict, row: dict, with_accuracy: bool) -> list[str]:
+    """The cells of an 80-column table: what the summary lines under it need a row for."""
+    drift = row.get("drift")
+    agreement = "ref" if is_reference(row) else f"{drift['top1_agreement']:.1%}" if drift else "n/a"
+    name = row["artifact"] or "eager" + (f" #{row['weights']}" if row_model(report, row) != row["model"] else "")
+    cells = [name, row["backend"], str(row["batch"]), _ms(row["latency_ms"]["p50"]), _speedup(row), agreement]
+    return cells + ([_accuracy(row)] if with_accuracy else [])
+
+
+def _eager_row(report: dict, row: dict) -> dict | None:
+    return next((r for r in report["rows"] if is_reference(r) and r["model"] == row["model"]
+                 and r.get("weights") == row.get("weights") and r["batch"] == row["batch"]), None)
+
+
 def drift_lines(report: dict) -> list[str]:
-    """Under the table: what each model's drift and agreement mean, and on real images with a checkpoint, the
-    figures a reader came for (top-1 of eager and of each variant, agreement, speedup)."""
+    """Under the table: what each model's drift and agreement mean, then one line per artifact with the figures
+    a reader came for (speedup on each backend; top-1 vs eager on labeled real images, else drift and agreement)."""
     lines, seen = [], set()
     for row in report["rows"]:
         meaning = row_drift_meaning(report, row)
-        if meaning and row["model"] not in seen:
-            seen.add(row["model"])
-            lines.append(f"drift and top-1 agree of {row['model']}: {meaning['text']}")
-    for row in report["rows"]:
-        meaning, accuracy = row_drift_meaning(report, row), row.get("accuracy")
-        if not meaning or meaning["kind"] != REAL_IMAGES or not accuracy:
+        if meaning and meaning["kind"] != REAL_IMAGES and row_model(report, row) not in seen:
+            seen.add(row_model(report, row))
+            lines.append(f"drift and top-1 agree of {row_model(report, row)}: {meaning['text']}")
+    return lines + artifact_lines(report)
+
+
+def artifact_lines(report: dict) -> list[str]:
+    """One line per artifact: how much faster than eager (per backend, at the first batch it ran), and how close."""
+    lines = []
+    for name in dict.fromkeys(r["artifact"] for r in report["rows"] if r["artifact"]):
+        rows = [r for r in report["rows"] if r["artifact"] == name]
+        first = rows[0]
+        batch_rows = [r for r in rows if r["batch"] == first["batch"]]
+        speed = ", ".join(f"{r['speedup_vs_eager']['speedup']:.2f}x ±{r['speedup_vs_eager']['spread']:.0%} the eager "
+                          f"model's speed on {r['backend']}" for r in batch_rows)
+        line = f"{name} ({_variant(report, first)}, batch {first['batch']}): {speed}"
+        if any(is_contended(r) for r in batch_rows):
+            line += f" ({CONTENDED_MARK} timed on a contended machine: not to be trusted, see the warning)"
+        measured = next((r for r in batch_rows if r.get("drift")), None)
+        if measured is None:
+            lines.append(line + "; drift not measured")
             continue
-        eager = next((r for r in report["rows"] if is_reference(r) and r["model"] == row["model"]
-                      and r.get("accuracy")), None)
-        versus = f" vs eager {eager['accuracy']['top1']:.1%} ({accuracy['delta_top1'] * 100:+.1f} pt)" if eager else ""
-        lines.append(f"{_variant(row)} on {row['backend']}, batch {row['batch']}: top-1 {accuracy['top1']:.1%}{versus} "
-                     f"on {accuracy['count']} real labeled images, top-1 agreement with eager "
-                     f"{row['drift']['top1_agreement']:.1%}, speedup {_speedup(row)} vs eager")
+        drift, accuracy, eager = measured["drift"], measured.get("accuracy"), _eager_row(report, measured)
+        meaning = row_drift_meaning(report, measured)
+        if meaning["kind"] == REAL_IMAGES and accuracy and eager and eager.get("accuracy"):
+            line += (f"; top-1 {accuracy['top1']:.1%} vs eager {eager['accuracy']['top1']:.1%} "
+                     f"({accuracy['delta_top1'] * 100:+.1f} pt) on {accuracy['count']} labeled real images, same "
+                     f"prediction as eager on {drift['top1_agreement']:.1%} of them")
+        elif meaning["kind"] == REAL_IMAGES:
+            line += (f"; same top-1 prediction as eager on {drift['top1_agreement']:.1%} of {drift['samples']} real "
+                     f"images, logits within {drift['relative_max_abs']:.1e} of eager's largest")
+        else:
+            line += (f"; same top-1 prediction as eager on {drift['top1_agreement']:.1%}, logits within "
+                     f"{drift['relative_max_abs']:.1e} of eager's largest: it computes what eager computes, which "
+                     f"says nothing of accuracy ({meaning['text'].split('(', 1)[-1].rstrip(')')})")
+        lines.append(line)
     return lines
+
+
+def skipped_lines(report: dict) -> list[str]:
+    """What was not measured, said once: backends grouped by reason, then artifacts and batches."""
+    by_reason: dict[str, list[str]] = {}
+    lines = []
+    for skipped in report["skipped"]:
+        if skipped.get("backend") and not skipped.get("artifact") and skipped.get("batch") is None:
+            names = by_reason.setdefault(skipped["reason"], [])
+            if skipped["backend"] not in names:
+                names.append(skipped["backend"])
+        else:
+            lines.append(f"{skipped_label(skipped)}: {skipped['reason']}")
+    grouped = [f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+    return ([f"backends not measured: {'; '.join(grouped)}"] if grouped else []) + lines
 
 
 def gpu_lines(report: dict) -> list[str]:
@@ -131,13 +205,23 @@ def _integer_path(env: dict) -> str:
 def print_report(console: Console, report: dict) -> None:
     env = report["environment"]
     with_accuracy = any(row.get("accuracy") for row in report["rows"])
-    table = Table(title=f"convnext-bench: {env['cpu']['model']} ({_integer_path(env)}), {_threads(env['threads'])}",
-                  title_justify="left")
-    for name in COLUMNS + (["top-1 acc (Δ pt)"] if with_accuracy else []):
-        table.add_column(name, justify="left" if name in ("variant", "backend") else "right")
+    compact = console.width < FULL_WIDTH
+    title = f"convnext-bench: {env['cpu']['model']} ({_integer_path(env)}), {_threads(env['threads'])}"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+                  pad_edge=not compact, collapse_padding=compact)
+    columns = (COMPACT_COLUMNS if compact else COLUMNS) + (["top-1 (Δ pt)" if compact else "top-1 acc (Δ pt)"]
+                                                          if with_accuracy else [])
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("variant", "artifact", "backend") else "right",
+                         overflow="fold", no_wrap=name not in ("variant", "artifact"))
     for row in report["rows"]:
-        table.add_row(*row_cells(report, row, with_accuracy))
+        table.add_row(*(compact_cells if compact else row_cells)(report, row, with_accuracy))
     console.print(table)
+    if compact:
+        console.print(f"[dim](p99, CV, img/s, cold start, peak memory, drift: --markdown or --json, or a terminal "
+                      f"of {FULL_WIDTH}+ columns)[/dim]")
+    if any(is_contended(row) for row in report["rows"]):
+        console.print(f"{CONTENDED_MARK} = timed on a contended machine: the speedup cannot be trusted (warning below)")
     for line in drift_lines(report):
         console.print(escape(line))
     for line in gpu_lines(report):
@@ -146,8 +230,8 @@ def print_report(console: Console, report: dict) -> None:
         if artifact.get("stage_drift"):
             console.print(f"per-stage drift of {artifact['name']}: " + ", ".join(
                 f"stage {s['stage']} {s['relative_max_abs']:.1e} (cos {s['cosine_mean']:.4f})" for s in artifact["stage_drift"]))
-    for skipped in report["skipped"]:
-        console.print(f"[dim]skipped {escape(skipped_label(skipped))}: {escape(skipped['reason'])}[/dim]")
+    for line in skipped_lines(report):
+        console.print(f"[dim]skipped {escape(line)}[/dim]")
     for warning in report["warnings"]:
         console.print(f"[yellow]warning[/yellow]: {escape(warning)}")
 
@@ -175,6 +259,8 @@ def markdown_report(report: dict) -> str:
     for row in report["rows"]:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells(report, row, with_accuracy))
                      + " |")
+    if any(is_contended(row) for row in report["rows"]):
+        lines += ["", f"{CONTENDED_MARK} = timed on a contended machine: the speedup cannot be trusted (see Warnings)."]
     meanings = drift_lines(report)
     if meanings:
         lines += [""] + [f"- {line}" for line in meanings]
@@ -187,7 +273,7 @@ def markdown_report(report: dict) -> str:
             lines += [f"| {s['stage']} | {'x'.join(map(str, s['shape']))} | {s['relative_max_abs']:.2e} | "
                       f"{s['relative_rms']:.2e} | {s['cosine_mean']:.5f} |" for s in artifact["stage_drift"]]
     if report["skipped"]:
-        lines += ["", "Skipped:", ""] + [f"- {skipped_label(s)}: {s['reason']}" for s in report["skipped"]]
+        lines += ["", "Skipped:", ""] + [f"- {line}" for line in skipped_lines(report)]
     if report["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
@@ -212,7 +298,7 @@ def print_gate(console: Console, gate: dict, baseline_path: str) -> None:
     failed = [c for c in gate["compared"] if c["regressed"]]
     shown = failed or gate["compared"]
     title = (f"[bold red]latency regressions vs {baseline_path}[/bold red]" if failed else
-             f"latency gate vs {baseline_path}: rows within tolerance")
+             f"latency gate vs {baseline_path}" + (": rows within tolerance" if gate["passed"] else ""))
     table = Table(title=title, title_justify="left")
     for name in ("row", f"baseline {unit}", f"this run {unit}", "change", "allowed"):
         table.add_column(name, justify="left" if name == "row" else "right")
@@ -229,7 +315,11 @@ def print_gate(console: Console, gate: dict, baseline_path: str) -> None:
             console.print(f"[yellow]{label}[/yellow]: {escape(str(row))}")
     for note in gate["notes"]:
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
-    verdict = "[green]gate passed[/green]" if gate["passed"] else "[bold red]gate failed[/bold red]"
+    for reason in gate.get("could_not_gate", []):
+        console.print(f"[yellow]could not gate[/yellow]: {escape(reason)}")
+    status = gate.get("status", "passed" if gate["passed"] else "failed")
+    verdict = {"passed": "[green]gate passed[/green]", "failed": "[bold red]gate failed[/bold red]",
+               "could-not-gate": "[bold yellow]could not gate[/bold yellow] (neither passed nor failed)"}[status]
     gated = sum("not_gated" not in c for c in gate["compared"])
     console.print(f"{verdict}: {len(failed)} regressed, {gated} gated of {len(gate['compared'])} compared "
                   f"(mode {gate['mode']}, max regression {gate['max_regression']:.0%} + measured spread), "

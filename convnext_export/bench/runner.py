@@ -4,7 +4,7 @@ side by side -> drift vs eager -> one JSON-ready report (schema ``convnext-bench
 from __future__ import annotations
 
 import json
-import os
+import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -23,6 +23,8 @@ from ..drift import drift_meaning, drift_metrics
 from ..errors import ConvNeXtExportError, InputError
 from ..pipeline import drift_inputs, rebuild_reference
 from ..isa import artifact_isa_warning, detect_host
+from .contention import (assess, available_cores, before_record, block_variation, contention_summary,
+                         default_threads, LoadWindow, measure_before)
 from .environment import environment
 from .coldstart import METHOD as MEMORY_METHOD, measure_cold_start
 from .profile import profile_session, profile_torch
@@ -37,14 +39,15 @@ STAGE_SAMPLES = 16
 PROFILE_RUNS = 10
 EAGER = "torch"
 GPU_REFERENCES = ("torch-cuda", "torch-cuda-fp16")
+MAX_MIN_TIME_S = 3600.0
 
 
 @dataclass(frozen=True)
 class BenchRequest:
     artifacts: tuple[Path, ...]
     backends: tuple[str, ...] = tuple(default_backend_names())
-    batches: tuple[int, ...] = (1,)
-    threads: int | None = None
+    batches: tuple[int, ...] | None = None  # None: 1, and each static-batch artifact at its own batch
+    threads: int | None = None  # None: the cores other work leaves free (bench.contention)
     plan: TimingPlan = TimingPlan()
     data: Path | None = None
     limit: int | None = None
@@ -55,11 +58,20 @@ class BenchRequest:
 
 
 def validate_request(request: BenchRequest) -> list[BackendSpec]:
-    """Bad options fail before any work: unknown backends, empty or non-positive batches."""
-    if not request.batches or any(b < 1 for b in request.batches):
+    """Bad options fail before any work: unknown backends, empty or non-positive batches, threads beyond the
+    cores, a --min-time that would never end."""
+    if request.batches is not None and (not request.batches or any(b < 1 for b in request.batches)):
         raise InputError(f"--batch {','.join(map(str, request.batches))}: batch sizes must be integers >= 1, e.g. 1,8")
     if request.plan.iters < 1 or request.plan.warmup < 0 or request.plan.min_time < 0:
         raise InputError("--iters must be >= 1, --warmup and --min-time >= 0")
+    if not math.isfinite(request.plan.min_time) or request.plan.min_time > MAX_MIN_TIME_S:
+        raise InputError(f"--min-time {request.plan.min_time}: give a finite number of seconds from 0 to "
+                         f"{MAX_MIN_TIME_S:.0f}, e.g. --min-time 2")
+    cores = available_cores()
+    if request.threads is not None and not 1 <= request.threads <= cores:
+        raise InputError(f"--threads {request.threads}: this process may run on {cores} core"
+                         f"{'s' if cores != 1 else ''}; give 1 to {cores}, or leave it out to use the cores other "
+                         "work leaves free (more threads than cores times the waiting, not the model)")
     if request.limit is not None and request.limit < 1:
         raise InputError(f"--limit {request.limit}: must be >= 1")
     specs = [backend_spec(name) for name in dict.fromkeys(request.backends)]
@@ -78,11 +90,20 @@ def model_label(artifact: Artifact) -> str:
     return label if artifact.config.num_classes == 1000 else f"{label}-{artifact.config.num_classes}cls"
 
 
+def weights_label(artifact: Artifact) -> str:
+    """Which weights: the checkpoint's sha256 (first 8 hex digits) or the seed of random weights."""
+    weights = artifact.weights
+    if weights.path is None:
+        return f"seed{weights.seed}"
+    return (weights.sha256 or "unknown")[:8]
+
+
 @dataclass
 class Reference:
     """The eager model shared by every artifact exported from the same weights and config."""
 
     model_label: str
+    weights: str  # weights_label: rows of two checkpoints of one architecture stay apart
     artifact: Artifact  # the manifest it was rebuilt from
     model: torch.nn.Module | None = None
 
@@ -101,6 +122,7 @@ class Subject:
     drift: dict | None = None
     accuracy: dict | None = None
     rows: list[dict] = field(default_factory=list)
+    suffix: str = ""  # "@<artifact>" when another artifact of the same weights, precision and target is benched
 
     @property
     def precision(self) -> str:
@@ -111,7 +133,8 @@ class Subject:
         return self.artifact.target if self.artifact else None
 
     def key(self, batch: int) -> str:
-        return f"{self.reference.model_label}/{self.precision}/{self.target or '-'}/{self.spec.name}/b{batch}"
+        return (f"{self.reference.model_label}#{self.reference.weights}/{self.precision}{self.suffix}/"
+                f"{self.target or '-'}/{self.spec.name}/b{batch}")
 
     def accepts(self, batch: int) -> bool:
         return self.artifact is None or self.artifact.batch in (None, batch)
@@ -135,7 +158,10 @@ class Bench:
                  progress: Callable[[str, int, int], None] = lambda label, done, total: None) -> None:
         self.request, self.log, self.progress = request, log, progress
         self.specs = validate_request(request)
-        self.threads = request.threads or os.cpu_count() or 1
+        self.cores = available_cores()
+        self.threads = request.threads or self.cores  # without --threads: chosen from the load in run()
+        self.batches: tuple[int, ...] = request.batches or (1,)  # with static-batch artifacts: set in load_artifacts
+        self.load_before: dict | None = None
         self.skipped: list[dict] = []
         self.warnings: list[str] = []
 
@@ -144,6 +170,7 @@ class Bench:
         if not self.request.artifacts:
             raise InputError("no artifact to benchmark: pass ARTIFACT_DIR(s) or let convnext-bench export --size")
         artifacts = [read_artifact(path) for path in self.request.artifacts]  # sha256 checked
+        self.batches = self.batches_for(artifacts)
         host = detect_host()
         if self.request.data is not None:  # a --data that does not fit fails now, not after the timing
             from ..datasets import open_dataset
@@ -161,20 +188,31 @@ class Bench:
             if warning:
                 self.warnings.append(warning)
                 self.log(f"warning: {warning}")
-            if artifact.batch is not None and artifact.batch not in self.request.batches:
-                self.skipped.append({"artifact": artifact.name, "backend": None, "batch": None,
-                                     "reason": f"static batch {artifact.batch}, not among --batch "
-                                               f"{','.join(map(str, self.request.batches))}"})
         return artifacts
 
+    def batches_for(self, artifacts: list[Artifact]) -> tuple[int, ...]:
+        """--batch as given (a static-batch artifact it leaves out is an InputError naming the --batch that
+        includes it); without --batch: 1 for dynamic artifacts and each static artifact's own batch."""
+        static = sorted({a.batch for a in artifacts if a.batch is not None})
+        if self.request.batches is None:
+            dynamic = any(a.batch is None for a in artifacts) or not artifacts
+            return tuple(sorted(set(static) | ({1} if dynamic else set())))
+        left_out = [a for a in artifacts if a.batch is not None and a.batch not in self.request.batches]
+        if left_out:
+            wanted = ",".join(map(str, dict.fromkeys([*self.request.batches, *(a.batch for a in left_out)])))
+            names = ", ".join(f"{a.name} (static batch {a.batch}, exported with --batch {a.batch})" for a in left_out)
+            raise InputError(f"--batch {','.join(map(str, self.request.batches))} leaves out {names}: use --batch "
+                             f"{wanted} to bench it, or re-export it without --batch for a dynamic batch")
+        return self.request.batches
+
     def _skip(self, spec: BackendSpec, artifact: Artifact | None, reason: str) -> None:
+        """Recorded once per backend and reason; the report prints the skips, grouped, after the table."""
         entry = {"artifact": artifact.name if artifact else None, "backend": spec.name, "batch": None, "reason": reason}
         if not any(s["backend"] == spec.name and s["reason"] == reason for s in self.skipped):
             self.skipped.append(entry)
-            self.log(f"skipped {spec.name}{' on ' + artifact.name if artifact else ''}: {reason}")
 
     def _first_batch(self, artifact: Artifact | None) -> int | None:
-        for batch in self.request.batches:
+        for batch in self.batches:
             if artifact is None or artifact.batch in (None, batch):
                 return batch
         return None
@@ -191,10 +229,11 @@ class Bench:
                 self._skip(spec, None, str(error))
         references: dict[str, Reference] = {}
         for artifact in artifacts:
-            references.setdefault(_reference_key(artifact), Reference(model_label(artifact), artifact))
+            references.setdefault(_reference_key(artifact),
+                                  Reference(model_label(artifact), weights_label(artifact), artifact))
         subjects: list[Subject] = []
         for reference in references.values():
-            batch = self.request.batches[0]
+            batch = self.batches[0]
             pool = input_pool(batch, reference.artifact.preprocessing.image_size, 1, self.request.seed)
             reference.model = rebuild_reference(reference.artifact)
             for spec in [s for s in available if s.consumes == "reference"]:
@@ -235,6 +274,7 @@ class Bench:
                     continue
                 subjects.append(Subject(spec, reference, artifact, runner, batch))
                 self.log(f"opened {spec.name} for {artifact.name}")
+        _name_same_keys(subjects)
         return list(references.values()), subjects
 
     def measure_cold_starts(self, subjects: list[Subject]) -> None:
@@ -251,7 +291,7 @@ class Bench:
     # -- latency ----------------------------------------------------------------------------
     def time_batches(self, subjects: list[Subject]) -> None:
         plan = self.request.plan
-        for batch in self.request.batches:
+        for batch in self.batches:
             groups: dict[int, list[Subject]] = {}
             for subject in subjects:
                 if subject.accepts(batch) and self._runs_at(subject, batch):
@@ -261,14 +301,21 @@ class Bench:
                 variants = {subject.key(batch): subject.runner.run for subject in group}
                 label = f"batch {batch}, {image_size}px: {len(group)} variants"
                 rounds = -(-plan.iters // plan.block)
-                def on_round(done: int, label: str = label, rounds: int = rounds) -> None:
+                load = LoadWindow()
+                load.sample()
+
+                def on_round(done: int, label: str = label, rounds: int = rounds, load: LoadWindow = load) -> None:
+                    load.sample()  # between rounds: this bench's threads are idle, other work's are counted
                     self.progress(label, done, rounds)
 
                 timings = measure_alternating(variants, pool, plan, on_round=on_round)
+                eager_keys = [s.key(batch) for s in group if s.spec.name == EAGER]
+                contention = assess(load, self.cores, self.threads,
+                                    max(block_variation(timings[key].rounds) for key in eager_keys))
                 for subject in group:
                     eager = next(s for s in group if s.reference is subject.reference and s.spec.name == EAGER)
                     subject.rows.append(self._row(subject, batch, timings[subject.key(batch)],
-                                                  timings[eager.key(batch)], pool))
+                                                  timings[eager.key(batch)], pool, contention))
                 compute_speedups([subject.rows[-1] for subject in group])
 
     def _runs_at(self, subject: Subject, batch: int) -> bool:
@@ -285,7 +332,7 @@ class Bench:
                                  "reason": f"failed at batch {batch}: {brief(error)}"})
             return False
 
-    def _row(self, subject: Subject, batch: int, timing, eager_timing, pool) -> dict:
+    def _row(self, subject: Subject, batch: int, timing, eager_timing, pool, contention: dict) -> dict:
         stats = latency_stats(timing.samples, batch)
         speedup = paired_speedup(eager_timing, timing)
         if subject.spec.name == EAGER:
@@ -296,6 +343,7 @@ class Bench:
         row = {
             "id": subject.key(batch),
             "model": subject.reference.model_label,
+            "weights": subject.reference.weights,
             "precision": subject.precision,
             "target": subject.target,
             "backend": subject.spec.name,
@@ -314,6 +362,7 @@ class Bench:
             "accuracy": None,
             "profile": None,
             "warnings": row_warnings,
+            "contention": contention,
         }
         if self.request.profile_dir:
             trace = self._profile(subject, row["id"], pool)
@@ -419,8 +468,17 @@ class Bench:
         return stages
 
     # -- all --------------------------------------------------------------------------------
+    def choose_threads(self) -> None:
+        """The load before timing; without --threads, the cores it leaves free (bench.contention)."""
+        window = measure_before()
+        if self.request.threads is None:
+            self.threads = default_threads(self.cores, window.others_running)
+        self.load_before = before_record(window, self.cores, self.threads, self.request.threads is None)
+        self.log(f"threads: {self.threads} ({self.load_before['threads_chosen']})")
+
     def run(self, command: str | None = None) -> dict:
         artifacts = self.load_artifacts()
+        self.choose_threads()
         references, subjects = self.open_subjects(artifacts)
         if self.request.cold_start:
             self.measure_cold_starts(subjects)
@@ -428,10 +486,13 @@ class Bench:
         stages = self.measure_drift(references, subjects)
         rows = [row for subject in subjects for row in subject.rows]
         noisy = [f"{row['id']} ({row['latency_ms']['cv']:.0%})" for row in rows if row["latency_ms"]["cv"] > HIGH_CV]
-        if noisy:
+        contended = contention_summary(rows)
+        if contended:
+            self.warnings.append(contended)
+        elif noisy:
             self.warnings.append(f"high variation (CV > {HIGH_CV:.0%}) in {len(noisy)} of {len(rows)} rows: "
-                                 f"{', '.join(noisy)}; the machine was busy: trust the paired speedups more than "
-                                 "the milliseconds, or rerun with more --iters")
+                                 f"{', '.join(noisy)}; rerun with more --iters or --min-time for steadier "
+                                 "milliseconds")
         return {
             "schema": SCHEMA,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -439,7 +500,7 @@ class Bench:
             "environment": environment(self.threads),
             "settings": {
                 "backends": [spec.name for spec in self.specs],
-                "batches": list(self.request.batches),
+                "batches": list(self.batches),
                 "threads": self.threads,
                 "seed": self.request.seed,
                 "data": str(self.request.data) if self.request.data else None,
@@ -455,15 +516,28 @@ class Bench:
                 "gpu_timing": f"{GPU_CLOCK}; CUDA graphs {'on' if self.request.cuda_graph else 'off'}",
             },
             "artifacts": [artifact_entry(a, stages.get(a.name)) for a in artifacts],
+            "contention": {"before": self.load_before, "rows_contended": sum(r["contention"]["contended"] for r in rows),
+                           "summary": contended},
             "rows": rows,
             "skipped": self.skipped,
             "warnings": self.warnings,
         }
 
 
+def _name_same_keys(subjects: list[Subject]) -> None:
+    """Artifacts of one model, weights, precision and target (e.g. two opsets) get their name in the row id."""
+    counts: dict[str, int] = {}
+    for subject in subjects:
+        counts[subject.key(0)] = counts.get(subject.key(0), 0) + 1
+    for subject in subjects:
+        if subject.artifact is not None and counts[subject.key(0)] > 1:
+            subject.suffix = f"@{subject.artifact.name}"
+
+
 def artifact_entry(artifact: Artifact, stages: list[dict] | None) -> dict[str, Any]:
     return {
         "name": artifact.name, "path": str(artifact.directory), "model": model_label(artifact),
+        "weights_label": weights_label(artifact),
         "precision": artifact.precision, "target": artifact.target, "format": artifact.format,
         "opset": artifact.opset, "batch": artifact.batch, "model_sha256": artifact.model_sha256,
         "config": artifact.config.to_dict(), "preprocessing": artifact.preprocessing.to_dict(),

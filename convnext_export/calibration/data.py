@@ -104,11 +104,12 @@ def holdout_description(data: "CalibrationData") -> dict:
         requested = data.provenance.get("requested_holdout") or DEFAULT_HOLDOUT
         why = (f"--calib-data has only {data.provenance.get('count', held)} images"
                if held < requested else f"--holdout {requested} was asked for")
-        note = (f"a hold-out of {held} real images resolves agreement losses of {loss:.1%} or more, not "
-                f"{resolvable_loss(DEFAULT_HOLDOUT):.0%} ({why}; {DEFAULT_HOLDOUT} images beyond --calib-size "
-                f"resolve 1%)")
+        note = (f"only {held} real images were held out to check the INT8 model, so it can only show a loss of "
+                f"top-1 agreement with eager of {loss:.1%} or more, not {resolvable_loss(DEFAULT_HOLDOUT):.0%} "
+                f"({why}; {DEFAULT_HOLDOUT} images beyond --calib-size show a 1% loss)")
     else:
-        note = f"{held} hold-out real images: resolves agreement losses of {loss:.1%} or more"
+        note = (f"{held} real images held out to check the INT8 model: it shows any loss of top-1 agreement with "
+                f"eager of {loss:.1%} or more")
     return {"holdout_images": held, "resolves_agreement_loss": loss, "holdout_note": note}
 
 
