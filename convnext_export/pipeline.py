@@ -24,7 +24,8 @@ from .calibration.recipe import TARGETS
 from .config import ConvNeXtConfig, get_config, UnknownSizeError
 from .drift import drift_meaning, drift_metrics
 from .errors import InputError
-from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
+from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx
+from .fingerprint import FINGERPRINT, model_fingerprint
 from .fusion import FUSIONS, fuse_model
 from .memory import check_export_memory
 from .model import ConvNeXt, build_model
@@ -295,7 +296,7 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
         weights_kind = reference.weights.to_dict()["kind"]
         drift = {"inputs": f"{len(images)} seeded standard-normal images", "backend": "onnxruntime", **drift,
                  "meaning": drift_meaning(weights_kind, "synthetic", len(images))}
-        census, extra = exported.op_census, {}
+        extra = {}
         if request.precision != "fp32":
             extra["fp32_drift"] = drift
             drift, extra_precision = apply_precision(request, reference, exported.path, staging, out,
@@ -303,8 +304,9 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
             real = extra_precision.get("calibration", {}).get("kind", "synthetic") != "synthetic"  # INT8 hold-out
             drift = {**drift, "meaning": drift_meaning(weights_kind, "real" if real else "synthetic", drift["samples"])}
             extra.update(extra_precision)
-            census = op_census(onnx.load(str(staging / "model.onnx"), load_external_data=False))
         model_path = staging / "model.onnx"
+        fingerprint = model_fingerprint(onnx.load(str(model_path), load_external_data=False))
+        census = fingerprint["op_census"]
         if runtime is not None:
             from .tensorrt.engine_step import build_artifact_engine
 
@@ -319,7 +321,8 @@ def export_artifact(request: ExportRequest, log=lambda message: None,
             fusions=fusions, opset=request.opset, batch=request.batch, model_sha256=file_sha256(model_path),
             drift=drift, versions=tool_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             target=request.target if request.precision == "int8" else None,
-            extra={"op_census": census, "export_seconds": round(exported.seconds, 2), **extra},
+            extra={"op_census": census, "export_seconds": round(exported.seconds, 2), **extra,
+                   FINGERPRINT: fingerprint},
         )
         write_manifest(artifact.with_changes(directory=staging))
         size_bytes = model_path.stat().st_size
