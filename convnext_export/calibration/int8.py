@@ -235,8 +235,8 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
         try:
             model = apply_stream_scales(model, scales, check)
         except Exception as error:  # noqa: BLE001 - a checksummed cache for this key whose scales do not fit the graph
-            raise InputError(f"{cache_message}, but its stream scales do not fit this graph ({type(error).__name__}: {str(error)[:120]}): "
-                             f"the cache was edited; delete it to recalibrate") from None
+            raise InputError(f"{cache_message}, but its stream scales do not fit this graph ({type(error).__name__}: "
+                             f"{str(error)[:120]}): the cache was edited; delete it to recalibrate") from None
     ranges = calibration.ranges
     if cache_out is not None:
         write_cache(cache_out, key, calibration)
