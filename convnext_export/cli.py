@@ -94,7 +94,7 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--min-agreement", type=float, default=None, metavar="AGREEMENT",
               help="INT8 accuracy floor: top-1 agreement with eager on the hold-out below which the export fails "
                    f"(exit 1, nothing written) when the hold-out resolves it (binomial test, p < {FLOOR_SIGNIFICANCE:g}) "
-                   f"[default: {DEFAULT_MIN_AGREEMENT}; {FLOOR_MEASURED_AGREEMENT}]. 0 turns it off.")
+                   f"[default: {DEFAULT_MIN_AGREEMENT}, or a lower --max-drift; {FLOOR_MEASURED_AGREEMENT}]. 0 turns it off.")
 @click.option("--min-cosine", type=float, default=None, metavar="COSINE",
               help="INT8 accuracy floor: mean cosine of logits with eager on the hold-out below which the export "
                    f"fails [default: {DEFAULT_MIN_COSINE}; {FLOOR_MEASURED_COSINE}]. -1 turns it off.")
@@ -153,8 +153,7 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
         calib_percentile=DEFAULT_PERCENTILE if calib_percentile is None else calib_percentile,
         exclude=tuple(exclude), max_drift=max_drift, calib_cache=calib_cache, seed=seed, gelu=gelu or "exact",
         isa=isa or "host", holdout=holdout,
-        floor=AccuracyFloor(DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
-                            DEFAULT_MIN_COSINE if min_cosine is None else min_cosine),
+        floor=AccuracyFloor(min_agreement, DEFAULT_MIN_COSINE if min_cosine is None else min_cosine),
     )
     request = ExportRequest(
         size=size, weights=weights, num_classes=num_classes, seed=seed, opset=opset, batch=batch, fuse=not no_fuse,

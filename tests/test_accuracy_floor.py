@@ -73,9 +73,12 @@ def test_floor_options_are_validated_before_any_work():
         Int8Options(floor=AccuracyFloor(1.5, DEFAULT_MIN_COSINE)).validate("cpu")
     with pytest.raises(InputError, match="--min-cosine 2"):
         Int8Options(floor=AccuracyFloor(DEFAULT_MIN_AGREEMENT, 2)).validate("cpu")
-    with pytest.raises(InputError, match="below the INT8 accuracy floor.*--min-agreement 0.3"):
-        Int8Options(max_drift=0.3).validate("cpu")
-    Int8Options(max_drift=0.3, floor=AccuracyFloor(0.3, DEFAULT_MIN_COSINE)).validate("cpu")
+    # --max-drift below the default agreement floor is the user's own budget: it lowers the floor; --min-agreement
+    # given decides
+    assert AccuracyFloor().resolved(0.3).min_agreement == 0.3
+    assert AccuracyFloor().resolved(0.99).min_agreement == AccuracyFloor().resolved(None).min_agreement == \
+        DEFAULT_MIN_AGREEMENT
+    assert AccuracyFloor(0.95).resolved(0.3).min_agreement == 0.95
 
 
 def test_export_with_doctored_ranges_fails_the_floor_and_lowering_it_lets_it_through(tmp_path):

@@ -11,7 +11,7 @@ integer kernels and the judged runs of ``validation.check_kernels``).
   (one-sided binomial test at ``SIGNIFICANCE``), so a 4- or 32-image synthetic hold-out, whose agreement
   moves by 25 or 3 points per image, does not flake, while 1,000 real images resolve a few points.
 
-Measured (FIGURES below), the floor sits far below every honest export and far above a broken one.
+Measured (below), the floor sits far below every honest export and far above a broken one.
 """
 
 from __future__ import annotations
@@ -22,24 +22,44 @@ from pathlib import Path
 
 from ..errors import ConvNeXtExportError, InputError
 
-# Measured with this tool's default --int8 (hold-out runs on this host's integer kernels and simulated Q/DQ,
-# top-1 agreement / mean cosine of logits with eager; the lowest of the runs):
-MEASURED_AGREEMENT = "(to be filled)"
-MEASURED_COSINE = "(to be filled)"
-DEFAULT_MIN_AGREEMENT = 0.80
+# Measured with this tool's default --int8 on the Intel Xeon host of 2026-12-06 (int8 kernels: amx, exact int32),
+# hold-out runs on the host's integer kernels and the simulated Q/DQ graph (identical to 4 decimals here):
+#   top-1 agreement / mean cosine of logits with eager             hold-out
+#   official-layout CIFAR-10 reference, --target cpu               99.20% / 0.99975   1,000 real images
+#   official-layout CIFAR-10 reference, --target tensorrt          99.30% / 0.99975   1,000 real images
+#   timm conv_mlp CIFAR-10 reference, --target cpu                 99.40% / 0.99986   1,000 real images
+#   random-weight tiny @224 (make run), synthetic calibration      96.88% / 0.99969   32 synthetic images
+#   random-weight atto @224, synthetic calibration                 96.88% / 0.99968   32 synthetic images
+#   official reference with its cache's ranges set to +-1e-6       10.60% / -0.0014   (cosine min -0.832)
+# (references: --weights benchmarks/reference/*.pth --int8 --calib-data ../shared/data/cifar10/train).
+# The cosine floor leaves 0.1, ~300x the honest exports' deficit (3e-4), and the doctored cache misses it by ~0.9;
+# on 1,000 images the agreement test fails a model below ~87%, on 32 synthetic images below ~69%.
+DEFAULT_MIN_AGREEMENT = 0.90
 DEFAULT_MIN_COSINE = 0.90
+MEASURED_AGREEMENT = ("measured 99.2-99.4% for the CIFAR-10 references on 1,000 real images, 96.9% for random-weight "
+                      "tiny/atto on 32 synthetic ones, 10.6% with a doctored cache")
+MEASURED_COSINE = "measured 0.9997-0.9999 for the references and random-weight tiny/atto, -0.001 with a doctored cache"
 SIGNIFICANCE = 1e-3  # chance that a model exactly at the agreement floor fails it
 
 
 @dataclass(frozen=True)
 class AccuracyFloor:
-    """The least an INT8 model must keep of the eager model's predictions on the hold-out."""
+    """The least an INT8 model must keep of the eager model's predictions on the hold-out; ``min_agreement``
+    None: the default, or a lower ``--max-drift`` budget (``resolved``)."""
 
-    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    min_agreement: float | None = None
     min_cosine: float = DEFAULT_MIN_COSINE
 
+    def resolved(self, max_drift: float | None) -> "AccuracyFloor":
+        """The floor an export holds: --min-agreement when given; else the default, lowered to a --max-drift below it
+        (the user's own agreement budget)."""
+        if self.min_agreement is not None:
+            return self
+        lowered = min(DEFAULT_MIN_AGREEMENT, max_drift) if max_drift is not None else DEFAULT_MIN_AGREEMENT
+        return AccuracyFloor(lowered, self.min_cosine)
+
     def validate(self) -> None:
-        if not 0.0 <= self.min_agreement <= 1.0:
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
             raise InputError(f"--min-agreement {self.min_agreement}: give a top-1 agreement with eager in [0, 1] "
                              f"(default {DEFAULT_MIN_AGREEMENT}; 0 turns the agreement floor off)")
         if not -1.0 <= self.min_cosine <= 1.0:
@@ -96,6 +116,7 @@ def floor_misses(runs: dict[str, dict], floor: AccuracyFloor) -> list[str]:
 def check_accuracy_floor(runs: dict[str, dict], floor: AccuracyFloor, synthetic: bool, cache: Path | None) -> dict:
     """The manifest's record of the floor when every run holds it; otherwise ConvNeXtExportError (exit 1) naming
     what would help. ``cache``: where the ranges came from when a calibration cache was reused."""
+    floor = floor.resolved(None)
     misses = floor_misses(runs, floor)
     if misses:
         remedies = ([f"delete the calibration cache its ranges came from ({cache}) to recalibrate"] if cache else []) + [

@@ -79,10 +79,6 @@ class Int8Options:
             raise InputError(f"--max-drift {self.max_drift}: give the minimum top-1 agreement with the eager "
                              f"model on the hold-out, in (0, 1], e.g. 0.99")
         self.floor.validate()
-        if self.max_drift is not None and self.max_drift < self.floor.min_agreement:
-            raise InputError(f"--max-drift {self.max_drift} is below the INT8 accuracy floor's top-1 agreement "
-                             f"{self.floor.min_agreement}: an export that meets it could still fail the floor; "
-                             f"pass --min-agreement {self.max_drift} too to accept that agreement")
         if self.calib_data is not None:
             from ..datasets import open_dataset
 
@@ -305,7 +301,7 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     elif kernels.host_costly:
         log(f"warning: {host_gap_warning(kernels, host, isa)}")
     floor = check_accuracy_floor({name: kernels.runs[name].drift for name in sorted({"host", *kernels.judged.values()})},
-                                 options.floor, data.synthetic, cache_source)
+                                 options.floor.resolved(options.max_drift), data.synthetic, cache_source)
     if cache_source is None and options.calib_cache is not None:  # only ranges that passed the floor are kept for reuse
         write_cache(Path(options.calib_cache), key, calibration)
     drift = kernels.runs["host"].drift
