@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .calibration.data import DEFAULT_CALIB_SIZE
+from .calibration.floor import DEFAULT_MIN_COSINE, AccuracyFloor
 from .calibration.int8 import DEFAULT_METHOD, Int8Options
 from .calibration.ranges import DEFAULT_PERCENTILE
 from .errors import InputError
@@ -50,7 +51,8 @@ def export_request(*, size: str | None = None, weights: Path | str | None = None
                    calib_data: Path | str | None = None, calib_size: int | None = None, calib_method: str | None = None,
                    calib_percentile: float | None = None, exclude: Sequence[str] = (), max_drift: float | None = None,
                    gelu: str | None = None, isa: str | None = None, holdout: int | None = None,
-                   calib_cache: Path | str | None = None, trt: bool = False, min_batch: int | None = None,
+                   calib_cache: Path | str | None = None, min_agreement: float | None = None,
+                   min_cosine: float | None = None, trt: bool = False, min_batch: int | None = None,
                    opt_batch: int | None = None, max_batch: int | None = None, workspace: str | None = None,
                    timing_cache: Path | str | None = None, builder_opt_level: int | None = None,
                    out: Path | str | None = None, force: bool = False) -> ExportRequest:
@@ -65,7 +67,8 @@ def export_request(*, size: str | None = None, weights: Path | str | None = None
         raise InputError("--fp16-io applies to --fp16 only")
     int8_only = {"--calib-data": calib_data, "--calib-size": calib_size, "--calib-method": calib_method,
                  "--calib-percentile": calib_percentile, "--exclude": tuple(exclude), "--max-drift": max_drift,
-                 "--gelu": gelu, "--isa": isa, "--holdout": holdout, "--calib-cache": calib_cache}
+                 "--gelu": gelu, "--isa": isa, "--holdout": holdout, "--calib-cache": calib_cache,
+                 "--min-agreement": min_agreement, "--min-cosine": min_cosine}
     _applies_to([flag for flag, value in int8_only.items() if value not in (None, ())] if not int8 else [], "--int8")
     if target == "cpu" and trt:
         raise InputError("--trt builds for TensorRT: it takes the tensorrt INT8 layout, not --target cpu")
@@ -83,6 +86,7 @@ def export_request(*, size: str | None = None, weights: Path | str | None = None
         calib_percentile=DEFAULT_PERCENTILE if calib_percentile is None else calib_percentile,
         exclude=tuple(exclude), max_drift=max_drift, calib_cache=Path(calib_cache) if calib_cache is not None else None,
         seed=seed, gelu=gelu or "exact", isa=isa or "host", holdout=holdout,
+        floor=AccuracyFloor(min_agreement, DEFAULT_MIN_COSINE if min_cosine is None else min_cosine),
     )
     return ExportRequest(
         size=size, weights=_weights(weights),

@@ -122,18 +122,20 @@ def write_manifest(artifact: Artifact) -> Path:
     return path
 
 
-def read_artifact(directory: str | Path, verify: bool = True) -> Artifact:
-    """Load an artifact directory; with ``verify`` the model file must match its sha256."""
+def read_artifact(directory: str | Path, verify: bool = True, log: Callable[[str], None] = lambda message: None
+                  ) -> Artifact:
+    """Load an artifact directory; with ``verify`` the model file must match its sha256, load, and be what the
+    manifest says it is (``fingerprint.verify_model``; ``log`` hears what an older manifest left unchecked)."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
         raise InputError(f"{directory}: no {MANIFEST} here; point at a directory written by convnext-export")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), parse_constant=_not_json)
     except OSError as error:
         raise InputError(f"{path}: cannot read the manifest ({error.strerror}); check its permissions, or "
                          f"{reexport_hint(directory, None)}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError, NaN / Infinity
         raise InputError(f"{path}: the manifest is not valid JSON ({error}), so the artifact is damaged; "
                          f"{reexport_hint(directory, None)}") from None
     schema = data.get("schema") if isinstance(data, dict) else None
@@ -176,7 +178,14 @@ def read_artifact(directory: str | Path, verify: bool = True) -> Artifact:
                 f"{artifact.model_path}: sha256 {actual[:12]}... does not match the manifest's "
                 f"{artifact.model_sha256[:12]}...; the file changed after export: {reexport_hint(directory, data)}"
             )
+        from .fingerprint import verify_model
+
+        verify_model(artifact, log)
     return artifact
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def reexport_hint(directory: Path, data: object) -> str:

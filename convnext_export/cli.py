@@ -12,6 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .calibration.data import DEFAULT_CALIB_SIZE, DEFAULT_HOLDOUT
+from .calibration.floor import (DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE, MEASURED_AGREEMENT as FLOOR_MEASURED_AGREEMENT,
+                                MEASURED_COSINE as FLOOR_MEASURED_COSINE, SIGNIFICANCE as FLOOR_SIGNIFICANCE)
 from .calibration.int8 import DEFAULT_METHOD
 from .calibration.ranges import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .calibration.recipe import TARGETS
@@ -86,7 +88,8 @@ def _console(quiet: bool, json_path: str | None) -> Console:
                    "'head'); repeatable.")
 @click.option("--max-drift", type=float, default=None, metavar="AGREEMENT",
               help="Minimum top-1 agreement with eager on the hold-out (e.g. 0.99): the most sensitive blocks "
-                   "move back to float until it holds; exit 1 if it cannot.")
+                   "move back to float until it holds; exit 1 if it cannot. Without it every INT8 export still "
+                   "holds the accuracy floor (--min-agreement, --min-cosine).")
 @click.option("--gelu", type=click.Choice(GELU_FORMS), default=None,
               help="INT8 on --target cpu: 'sigmoid' runs GELU as x*sigmoid(1.702x) in ONNX Runtime's u8 lookup-table "
                    "kernels, pwconv2's bias corrected on the calibration images: ~1.1x faster INT8 here, top-1 "
@@ -100,7 +103,16 @@ def _console(quiet: bool, json_path: str | None) -> Console:
                    f"[default: {DEFAULT_HOLDOUT} where --calib-data has them; 1/8 of synthetic data].")
 @click.option("--calib-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration cache to reuse when its key matches (recomputed and rewritten otherwise); "
-                   "by default the cache in the --out directory being replaced is tried.")
+                   "by default the cache in the --out directory being replaced is tried. A cache whose checksum "
+                   "or values are wrong is never applied: named here it stops the export (exit 2: delete it to "
+                   "recalibrate); found in --out it is recomputed with a warning.")
+@click.option("--min-agreement", type=float, default=None, metavar="AGREEMENT",
+              help="INT8 accuracy floor: top-1 agreement with eager on the hold-out below which the export fails "
+                   f"(exit 1, nothing written) when the hold-out resolves it (binomial test, p < {FLOOR_SIGNIFICANCE:g}) "
+                   f"[default: {DEFAULT_MIN_AGREEMENT}, or a lower --max-drift; {FLOOR_MEASURED_AGREEMENT}]. 0 turns it off.")
+@click.option("--min-cosine", type=float, default=None, metavar="COSINE",
+              help="INT8 accuracy floor: mean cosine of logits with eager on the hold-out below which the export "
+                   f"fails [default: {DEFAULT_MIN_COSINE}; {FLOOR_MEASURED_COSINE}]. -1 turns it off.")
 @click.option("--trt", is_flag=True,
               help="Also build model.engine with TensorRT 10/11 from the final ONNX (strongly typed: the ONNX's "
                    "FP16 casts / INT8 Q/DQ decide precision). Needs an NVIDIA GPU and "
@@ -129,7 +141,7 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @reports_errors
 def export_command(size, weights, num_classes, image_size, crop_pct, interpolation, mean, std, opset, batch, seed,
                    no_fuse, fp16, fp16_io, int8, target, calib_data, calib_size, calib_method, calib_percentile,
-                   exclude, max_drift, gelu, isa, holdout, calib_cache, trt, min_batch, opt_batch, max_batch, workspace, timing_cache,
+                   exclude, max_drift, gelu, isa, holdout, calib_cache, min_agreement, min_cosine, trt, min_batch, opt_batch, max_batch, workspace, timing_cache,
                    builder_opt_level, out, force, quiet, json_path) -> None:
     """Export a ConvNeXt to fused ONNX with a manifest, checked against the eager model."""
     request = export_request(
@@ -137,7 +149,8 @@ def export_command(size, weights, num_classes, image_size, crop_pct, interpolati
         interpolation=interpolation, mean=mean, std=std, opset=opset, batch=batch, seed=seed, fuse=not no_fuse,
         fp16=fp16, fp16_io=fp16_io, int8=int8, target=target, calib_data=calib_data, calib_size=calib_size,
         calib_method=calib_method, calib_percentile=calib_percentile, exclude=exclude, max_drift=max_drift, gelu=gelu,
-        isa=isa, holdout=holdout, calib_cache=calib_cache, trt=trt, min_batch=min_batch, opt_batch=opt_batch,
+        isa=isa, holdout=holdout, calib_cache=calib_cache, min_agreement=min_agreement,
+        min_cosine=min_cosine, trt=trt, min_batch=min_batch, opt_batch=opt_batch,
         max_batch=max_batch, workspace=workspace, timing_cache=timing_cache, builder_opt_level=builder_opt_level,
         out=out, force=force)
     console = _console(quiet, json_path)
@@ -226,6 +239,13 @@ def isa_rows(extra: dict) -> list[tuple[str, str]]:
             f"than {check['tolerance']:.1%} of top-1 agreement with eager against it")
         rows.append(("kernels", f"top-1 agreement on {check['holdout_images']} hold-out images: {runs}; {verdict}"))
         rows.append(("hold-out", check["holdout_note"]))
+    floor = extra.get("accuracy_floor")
+    if floor:
+        lowest = min(floor["runs"].values(), key=lambda run: run["top1_agreement"])
+        rows.append(("floor", f"top-1 agreement >= {floor['min_top1_agreement']:.0%} (binomial test) and mean cosine "
+                              f">= {floor['min_cosine_mean']} on every judged run: held (lowest "
+                              f"{lowest['top1_agreement']:.2%}, cosine "
+                              f"{min(run['cosine_mean'] for run in floor['runs'].values()):.4f})"))
     return rows
 
 
@@ -392,6 +412,14 @@ def bench_command(ctx, artifact_dirs, size, image_size, weights, work, backends,
                            absolute=absolute, allow_missing=allow_missing, from_json=from_json,
                            log=lambda message: console.log(escape(message)), progress=progress)
     _bench_outputs(report, console, json_path, markdown_path, plot_path)
+    from .bench.runner import unmeasured_artifacts
+
+    unmeasured = unmeasured_artifacts(report)
+    if unmeasured:
+        raise CommandError("nothing was measured of " + "; ".join(
+            f"{name} ({'; '.join(reasons) or 'no backend ran it'})" for name, reasons in unmeasured.items())
+            + ": the report has no row for it. Fix what the reason names (--backends, --batch, the artifact) "
+              "and rerun", 1)
     if baseline:
         _bench_verdict(report["gate"], console)
 

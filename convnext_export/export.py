@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import time
 import warnings
-from collections import Counter
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import ConvNeXtExportError, InputError
+from .fingerprint import op_census
 
 DEFAULT_OPSET = 20
 MIN_OPSET = 17  # LayerNormalization; Gelu needs 20
@@ -88,11 +88,6 @@ def export_onnx(
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     onnx.save(proto, str(path))
     return ExportedGraph(path, op_census(proto), time.perf_counter() - started)
-
-
-def op_census(proto: onnx.ModelProto) -> dict[str, int]:
-    """Op type -> count, most frequent first."""
-    return dict(Counter(node.op_type for node in proto.graph.node).most_common())
 
 
 def relative_max_abs(out: np.ndarray, ref: np.ndarray) -> float:

@@ -26,7 +26,8 @@ from .calibration.recipe import TARGETS
 from .config import ConvNeXtConfig, UnknownSizeError, get_config, resolve_model_name
 from .drift import drift_meaning, drift_metrics
 from .errors import ConvNeXtExportError, InputError
-from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx, op_census
+from .export import DEFAULT_OPSET, check_fp32_drift, check_opset, export_onnx
+from .fingerprint import FINGERPRINT, model_fingerprint
 from .fusion import FUSIONS, fuse_model
 from .hub import fetch_weights, is_hub_id, parse_hub_id
 from .memory import check_export_memory
@@ -395,7 +396,7 @@ def _write_artifact(request: ExportRequest, reference: ReferenceModel, out: Path
         weights_kind = reference.weights.to_dict()["kind"]
         drift = {"inputs": f"{len(images)} seeded standard-normal images", "backend": "onnxruntime", **drift,
                  "meaning": drift_meaning(weights_kind, "synthetic", len(images))}
-        census, extra = exported.op_census, {}
+        extra = {}
         if request.precision != "fp32":
             extra["fp32_drift"] = drift
             drift, extra_precision = apply_precision(request, reference, exported.path, staging, out,
@@ -403,8 +404,9 @@ def _write_artifact(request: ExportRequest, reference: ReferenceModel, out: Path
             real = extra_precision.get("calibration", {}).get("kind", "synthetic") != "synthetic"  # INT8 hold-out
             drift = {**drift, "meaning": drift_meaning(weights_kind, "real" if real else "synthetic", drift["samples"])}
             extra.update(extra_precision)
-            census = op_census(onnx.load(str(staging / "model.onnx"), load_external_data=False))
         model_path = staging / "model.onnx"
+        fingerprint = model_fingerprint(onnx.load(str(model_path), load_external_data=False))
+        census = fingerprint["op_census"]
         if runtime is not None:
             from .tensorrt.engine_step import build_artifact_engine
 
@@ -419,7 +421,8 @@ def _write_artifact(request: ExportRequest, reference: ReferenceModel, out: Path
             fusions=fusions, opset=request.opset, batch=request.batch, model_sha256=file_sha256(model_path),
             drift=drift, versions=tool_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             target=request.target if request.precision == "int8" else None,
-            extra={"op_census": census, "export_seconds": round(exported.seconds, 2), **extra},
+            extra={"op_census": census, "export_seconds": round(exported.seconds, 2), **extra,
+                   FINGERPRINT: fingerprint},
         )
         write_manifest(artifact.with_changes(directory=staging))
         size_bytes = model_path.stat().st_size

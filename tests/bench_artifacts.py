@@ -41,6 +41,8 @@ def quantized_copy(fp32: Path, out: Path, seed: int = 0) -> Path:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
     manifest = json.loads((fp32 / MANIFEST).read_text())
     manifest.update(precision="int8", target="cpu", model_sha256=file_sha256(out / "model.onnx"))
+    for fp32_only in ("fingerprint", "op_census"):  # they describe the FP32 graph: an INT8 manifest without them
+        manifest.pop(fp32_only, None)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out
 

@@ -169,7 +169,12 @@ class Bench:
     def load_artifacts(self) -> list[Artifact]:
         if not self.request.artifacts:
             raise InputError("no artifact to benchmark: pass ARTIFACT_DIR(s) or let convnext-bench export --size")
-        artifacts = [read_artifact(path) for path in self.request.artifacts]  # sha256 checked
+        def warn(note: str) -> None:
+            self.warnings.append(note)
+            self.log(f"warning: {note}")
+
+        # sha256 checked, the graph checked against the manifest (fingerprint.verify_model)
+        artifacts = [read_artifact(path, log=warn) for path in self.request.artifacts]
         self.batches = self.batches_for(artifacts)
         host = detect_host()
         if self.request.data is not None:  # a --data that does not fit fails now, not after the timing
@@ -532,6 +537,13 @@ def _name_same_keys(subjects: list[Subject]) -> None:
     for subject in subjects:
         if subject.artifact is not None and counts[subject.key(0)] > 1:
             subject.suffix = f"@{subject.artifact.name}"
+
+
+def unmeasured_artifacts(report: dict) -> dict[str, list[str]]:
+    """Artifacts in ``report`` that no row measured -> the reasons they were skipped (the bench fails on them)."""
+    measured = {row.get("artifact") for row in report.get("rows", [])}
+    return {entry["name"]: [s["reason"] for s in report.get("skipped", []) if s.get("artifact") in (entry["name"], None)]
+            for entry in report.get("artifacts", []) if entry["name"] not in measured}
 
 
 def artifact_entry(artifact: Artifact, stages: list[dict] | None) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from ..errors import InputError
 from ..isa import ISA_CHOICES, detect_host, resolve_isa
 from ..preprocess import Preprocessing
 from ..progress import ProgressCallback, no_progress
-from .cache import CACHE_FILE, CacheKey, Calibration, calibration_cache_key, read_cache, write_cache
+from .cache import (CACHE_FILE, CacheKey, Calibration, calibration_cache_key, check_cache_file, read_cache,
+                    write_cache)
 from .data import (DEFAULT_CALIB_SIZE, DEFAULT_HOLDOUT, CalibrationData, fixed_batches, holdout_description,
                    load_calibration_data, resolvable_loss)
+from .floor import AccuracyFloor, check_accuracy_floor
 from .equalize import EQUALIZATION, apply_stream_scales, scales_report, stream_scales
 from .fallback import check_holdout_resolution, fall_back_until, float_mac_fraction, layer_macs
 from .graph import graph_fingerprint, name_nodes_by_module
@@ -50,6 +52,7 @@ class Int8Options:
     gelu: str = "exact"  # "sigmoid": GELU as u8 lookup tables on --target cpu (calibration/sigmoid_gelu.py)
     isa: str = "host"  # --target cpu: the integer path the weights are made for (isa.py; "x86": every x86 path)
     holdout: int | None = None  # hold-out images (default DEFAULT_HOLDOUT of real data; 1/8 of synthetic)
+    floor: AccuracyFloor = AccuracyFloor()  # the least agreement and cosine with eager on the hold-out (floor.py)
 
     def validate(self, target: str, preprocessing: Preprocessing | None = None) -> None:
         """Usage errors for an INT8 export to ``target``, raised before any work; given the model's
@@ -75,6 +78,7 @@ class Int8Options:
         if self.max_drift is not None and not 0.0 < self.max_drift <= 1.0:
             raise InputError(f"--max-drift {self.max_drift}: give the minimum top-1 agreement with the eager "
                              f"model on the hold-out, in (0, 1], e.g. 0.99")
+        self.floor.validate()
         if self.calib_data is not None:
             from ..datasets import open_dataset
 
@@ -89,6 +93,8 @@ class Int8Options:
         if self.calib_cache is not None and Path(self.calib_cache).is_dir():
             raise InputError(f"--calib-cache {self.calib_cache} is a directory; give a file "
                              f"(e.g. {Path(self.calib_cache) / CACHE_FILE})")
+        if self.calib_cache is not None:
+            check_cache_file(Path(self.calib_cache))  # a damaged cache stops the export now, before any work
 
 
 @dataclass(frozen=True)
@@ -156,16 +162,19 @@ def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
             entry.key, entry.value = key, value
 
 
-def cached_calibration(key: CacheKey, candidates, log: Callable[[str], None]) -> tuple[Calibration | None, str]:
-    """The calibration from the first existing cache whose key matches; every cache looked at is reported."""
-    for candidate in candidates:
+def cached_calibration(key: CacheKey, explicit: Path | None, previous: Path | None,
+                       log: Callable[[str], None]) -> tuple[Calibration | None, str, Path | None]:
+    """The calibration from the first existing cache whose key matches (``explicit``, the --calib-cache, first:
+    damaged, it raises InputError; ``previous``, the replaced artifact's, damaged, is skipped with a warning);
+    every cache looked at is reported. Returns (calibration, what happened, the cache file it came from)."""
+    for candidate, named in ((explicit, True), (previous, False)):
         if candidate is None or not Path(candidate).is_file():
             continue
-        lookup = read_cache(Path(candidate), key)
+        lookup = read_cache(Path(candidate), key, explicit=named)
         log(lookup.message)
         if lookup.calibration is not None:
-            return lookup.calibration, lookup.message
-    return None, "computed"
+            return lookup.calibration, lookup.message, Path(candidate)
+    return None, "computed", None
 
 
 def calibrate(model: onnx.ModelProto, data: CalibrationData, method: CalibrationMethod, batch_size: int, pad: bool,
@@ -206,7 +215,7 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
                                 {**method.to_dict(), "equalization": EQUALIZATION}, versions)
     check = next(fixed_batches(data.holdout, batch or min(len(data.holdout), 8), pad=batch is not None))
     size = batch or calibration_batch_size(preprocessing.image_size)
-    calibration, cache_message = cached_calibration(key, (options.calib_cache, previous_cache), log)
+    calibration, cache_message, cache_source = cached_calibration(key, options.calib_cache, previous_cache, log)
     if calibration is None:
         log(f"calibrating ({method.name}) on {len(data.images)} {'synthetic' if data.synthetic else 'real'} images")
         if method.name in ONE_PASS_METHODS:
@@ -217,11 +226,13 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
             model = apply_stream_scales(model, scales, check)
             ranges = calibrate(model, data, method, size, pad=batch is not None, progress=progress)
         calibration = Calibration(ranges, {stage: s.tolist() for stage, s in scales.items()})
-        if options.calib_cache is not None:
-            write_cache(Path(options.calib_cache), key, calibration)
     else:
         scales = {stage: np.asarray(values) for stage, values in calibration.stream_scales.items()}
-        model = apply_stream_scales(model, scales, check)
+        try:
+            model = apply_stream_scales(model, scales, check)
+        except Exception as error:  # noqa: BLE001 - a checksummed cache for this key whose scales do not fit the graph
+            raise InputError(f"{cache_message}, but its stream scales do not fit this graph ({type(error).__name__}: "
+                             f"{str(error)[:120]}): the cache was edited; delete it to recalibrate") from None
     ranges = calibration.ranges
     if cache_out is not None:
         write_cache(cache_out, key, calibration)
@@ -289,6 +300,10 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
         weight_bits = 7
     elif kernels.host_costly:
         log(f"warning: {host_gap_warning(kernels, host, isa)}")
+    floor = check_accuracy_floor({name: kernels.runs[name].drift for name in sorted({"host", *kernels.judged.values()})},
+                                 options.floor.resolved(options.max_drift), data.synthetic, cache_source)
+    if cache_source is None and options.calib_cache is not None:  # only ranges that passed the floor are kept for reuse
+        write_cache(Path(options.calib_cache), key, calibration)
     drift = kernels.runs["host"].drift
     _set_metadata(quantized, {"convnext_export.precision": "int8", "convnext_export.target": target.name,
                               "convnext_export.isa": json.dumps(isa_report(isa, host, weight_bits))})
@@ -308,5 +323,5 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     if repair is not None:
         validation["repaired"] = repair
     report = {"calibration": calibration_report, "quantized": quantized_report,
-              "isa": isa_report(isa, host, weight_bits), "kernel_validation": validation}
+              "isa": isa_report(isa, host, weight_bits), "kernel_validation": validation, "accuracy_floor": floor}
     return Int8Result(out_path, drift, report)
