@@ -45,13 +45,18 @@ test: setup
 	$(BIN)/pytest -q
 
 # CI's latency gate: ConvNeXt-atto FP32 and INT8 in ONNX Runtime vs eager, compared as speedups (noise-robust)
-# with the committed baseline; 1 thread so that the two cores do not contend. Checked over repeated runs,
-# also beside other work: speedups moved by up to 10% (FP32 -9.9% in a fresh-clone run), so 20% beyond the
-# measured spread (28-36% allowed in those runs) does not flake.
+# with the committed baselines, one per kind of CPU (convnext-bench uses the one recorded on this machine's
+# kernel family); 1 thread so that the two cores do not contend. Checked over repeated runs, also beside other
+# work: speedups moved by up to 10% (FP32 -9.9% in a fresh-clone run), so 20% beyond the measured spread
+# (28-36% allowed in those runs) does not flake. Exit 3 ("could not gate": contended rows, or no baseline of
+# this kind of CPU) is printed with its reason and does not fail the target: it says nothing about the change.
+BASELINES := $(foreach file,$(sort $(wildcard benchmarks/baseline-atto*.json)),--baseline $(file))
 gate: setup
-	$(BIN)/convnext-bench --size atto --image-size 64 --batch 1 --threads 1 --backends torch,onnxruntime \
+	@status=0; $(BIN)/convnext-bench --size atto --image-size 64 --batch 1 --threads 1 --backends torch,onnxruntime \
 		--iters 200 --block 5 --warmup 10 --no-cold-start \
-		--baseline benchmarks/baseline-atto.json --max-regression 20% --json bench-out/gate.json
+		$(BASELINES) --max-regression 20% --json bench-out/gate.json || status=$$?; \
+	if [ $$status -eq 3 ]; then echo "make gate: could not gate (exit 3, the reason is above): no verdict on this change"; \
+	else exit $$status; fi
 
 clean:
 	rm -rf $(VENV) artifacts bench-out
