@@ -109,10 +109,11 @@ def _console(quiet: bool, json_path: str | None) -> Console:
 @click.option("--min-agreement", type=float, default=None, metavar="AGREEMENT",
               help="INT8 accuracy floor: top-1 agreement with eager on the hold-out below which the export fails "
                    f"(exit 1, nothing written) when the hold-out resolves it (binomial test, p < {FLOOR_SIGNIFICANCE:g}) "
-                   f"[default: {DEFAULT_MIN_AGREEMENT}, or a lower --max-drift; {FLOOR_MEASURED_AGREEMENT}]. 0 turns it off.")
+                   f"[default: {DEFAULT_MIN_AGREEMENT}, or a lower --max-drift]. 0 turns it off. "
+                   f"Measured: {FLOOR_MEASURED_AGREEMENT}.")
 @click.option("--min-cosine", type=float, default=None, metavar="COSINE",
               help="INT8 accuracy floor: mean cosine of logits with eager on the hold-out below which the export "
-                   f"fails [default: {DEFAULT_MIN_COSINE}; {FLOOR_MEASURED_COSINE}]. -1 turns it off.")
+                   f"fails [default: {DEFAULT_MIN_COSINE}]. -1 turns it off. Measured: {FLOOR_MEASURED_COSINE}.")
 @click.option("--trt", is_flag=True,
               help="Also build model.engine with TensorRT 10/11 from the final ONNX (strongly typed: the ONNX's "
                    "FP16 casts / INT8 Q/DQ decide precision). Needs an NVIDIA GPU and "

@@ -150,7 +150,7 @@ CASES = [
     BadInput("weights-truncated", "convnext-export", ("--weights", "t.pth", "--out", "o"), 2,
              ("t.pth", "truncated"), _write("t.pth", REFERENCE.read_bytes()[:100_000])),
     BadInput("weights-wrong-layout", "convnext-export", ("--weights", "w.pth", "--out", "o"), 2,
-             ("not a ConvNeXt V1 checkpoint", "conv1.weight"),
+             ("not a ConvNeXt checkpoint", "conv1.weight"),
              _state_dict(lambda sd: {"conv1.weight": sd["head.weight"], "fc.bias": sd["head.bias"]})),
     BadInput("weights-text-file", "convnext-export", ("--weights", "notes.pth", "--out", "o"), 2,
              ("it is a text file",), _write("notes.pth", b"these are my notes\n")),

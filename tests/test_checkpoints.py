@@ -268,7 +268,7 @@ def test_unregistered_size_lists_what_was_found(tmp_path):
 def test_other_architecture_names_its_keys(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     state_dict = torchvision.models.resnet18(weights=None).state_dict()
-    with pytest.raises(InputError, match=r"not a ConvNeXt V1 checkpoint.*conv1\.weight"):
+    with pytest.raises(InputError, match=r"not a ConvNeXt checkpoint.*conv1\.weight"):
         load_checkpoint(save(tmp_path, state_dict))
 
 
