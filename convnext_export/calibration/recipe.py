@@ -82,7 +82,7 @@ import onnx
 from onnx import helper
 
 from ..errors import InputError
-from ..isa import HostIsa, IsaTarget
+from ..isa import ALL_X86, X86_PATHS, HostIsa, IsaTarget
 from .graph import module_of, nodes_matching, op_class
 
 TARGETS = ("cpu", "tensorrt")
@@ -129,8 +129,9 @@ def isa_report(isa: IsaTarget | None, host: HostIsa, weight_bits: int) -> dict:
     if isa is None:
         return {"made_for": "tensorrt", "runs_on": ["tensorrt"], "weight_bits": weight_bits, "host": host.to_dict(),
                 "note": "TensorRT's int8 kernels accumulate in int32; ONNX Runtime on this host only checks the graph"}
-    runs_on = isa.runs_on if weight_bits == 8 else IsaTarget("x86", host).runs_on
-    return {"made_for": isa.name, "runs_on": list(runs_on), "weight_bits": weight_bits, "host": host.to_dict()}
+    runs_on = isa.runs_on if weight_bits == 8 else IsaTarget(ALL_X86, host).runs_on
+    return {"made_for": isa.name, "runs_on": list(runs_on), "portable": set(runs_on) >= set(X86_PATHS),
+            "weight_bits": weight_bits, "host": host.to_dict()}
 
 
 def recipe_class(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]],
