@@ -257,7 +257,7 @@ def test_default_export_says_portable_and_no_x86_host_warns(tmp_path, monkeypatc
     assert exported.exit_code == 0, exported.output
     assert "made for x86 (portable, every x86 CPU; 7-bit weights)" in " ".join(exported.output.split())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["extra"]["isa"]["made_for"] == "x86" and manifest["extra"]["isa"]["runs_on"] == list(X86_PATHS)
+    assert manifest["isa"]["made_for"] == "x86" and manifest["isa"]["runs_on"] == list(X86_PATHS)
     for path in X86_PATHS:
         monkeypatch.setattr("convnext_export.bench.runner.detect_host", lambda: host(path))
         report_path = tmp_path / f"bench-{path}.json"
