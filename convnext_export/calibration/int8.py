@@ -231,7 +231,7 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     weight_bits = weight_range_bits(isa)
     if host.path.saturates is None:
         log(f"warning: this host's integer path is unknown ({host.architecture}, {host.model}; flags from "
-            f"{host.source}): {'made overflow-safe 7-bit weights for every x86 path; ' if isa else ''}"
+            f"{host.source}): {'made overflow-safe 7-bit weights for every x86 path; ' if weight_bits == 7 else ''}"
             f"its own kernels are checked against the simulated Q/DQ on the hold-out")
     plan = plan_quantization(model, target, options.exclude, warn=log)
     if "gelu" in target.quantized_classes and not any(node.op_type == "Gelu" for node in model.graph.node):
