@@ -61,6 +61,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "cifar10"
 REFERENCES = {"official (24 ep.)": HERE / "reference" / "convnext_atto_cifar10.pth",
               "timm conv_mlp": HERE / "reference" / "convnext_atto_cifar10_timm.pth"}
+REFERENCE_KEYS = {"official": "official (24 ep.)", "timm": "timm conv_mlp"}
 QEMU_RUNNER = """
 import sys, numpy as np, onnxruntime as ort
 options = ort.SessionOptions()
@@ -226,6 +227,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--references", default="official,timm", help="which references: official, timm (comma list)")
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--accuracy-only", action="store_true")
     parser.add_argument("--markdown", type=Path, default=None)
@@ -240,6 +242,8 @@ def main() -> None:
         work = Path(tmp)
         if not args.speed_only:
             for name, weights in REFERENCES.items():
+                if name not in {REFERENCE_KEYS.get(key, key) for key in args.references.split(",")}:
+                    continue
                 if not weights.is_file():
                     print(f"skipped {name}: {weights} not found", flush=True)
                     continue
