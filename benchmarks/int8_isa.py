@@ -192,10 +192,11 @@ def markdown(host: dict, rows: list[dict], runs: list[dict], args) -> str:
             if DEFAULT_FORM in pair and HOST_FORM in pair:
                 deltas = ", ".join(
                     f"{key.replace('_', ' ')} {100 * (pair[DEFAULT_FORM][key]['agreement'] - pair[HOST_FORM][key]['agreement']):+.2f}"
-                    for key in ("simulated", "host", "emulated_avx2", "qemu_avx2") if key in pair[DEFAULT_FORM])
-                safe = pair[HOST_FORM]["safe_8bit_layers"]
-                lines.append(f"- {model}: {deltas}; integer layers whose 8-bit weights cannot saturate: "
-                             f"{len(safe['safe'])} of {safe['layers']}")
+                    for key in ("simulated", "host", "emulated_avx2", "qemu_avx2")
+                    if key in pair[DEFAULT_FORM] and key in pair[HOST_FORM])
+                safe = pair[HOST_FORM].get("safe_8bit_layers")
+                lines.append(f"- {model}: {deltas}" + (f"; integer layers whose 8-bit weights cannot saturate: "
+                                                        f"{len(safe['safe'])} of {safe['layers']}" if safe else ""))
         lines += ["", "Export-time kernel validation (the hold-out, top-1 agreement with eager on each kind of kernel "
                   "the export ran; judged: the runs standing for each kernel family the artifact is made for):", ""]
         for row in rows:
