@@ -202,10 +202,10 @@ def markdown(host: dict, rows: list[dict], runs: list[dict], args) -> str:
         for row in rows:
             check = row.get("export_validation")
             if check:
-                runs = ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in check.items()
-                                 if k not in ("holdout_images", "judged"))
+                kernel_runs = ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in check.items()
+                                        if k not in ("holdout_images", "judged"))
                 judged = ", ".join(f"{family}: {run}" for family, run in check["judged"].items())
-                lines.append(f"- {row['model']}, {row['weights']}: {check['holdout_images']} images: {runs} "
+                lines.append(f"- {row['model']}, {row['weights']}: {check['holdout_images']} images: {kernel_runs} "
                              f"(judged {judged})")
         lines.append("")
     if runs:
