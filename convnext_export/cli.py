@@ -79,7 +79,8 @@ def _console(quiet: bool, json_path: str | None) -> Console:
               help="INT8 on --target cpu: the x86 integer paths the weights are made and validated for. x86 "
                    "(portable, the default, whatever CPU builds it): 7-bit overflow-safe weights that hold on every "
                    "x86 CPU, VNNI / AMX and AVX2 / AVX-512 BW (whose u8 x s8 pairs saturate int16) alike, checked "
-                   "at export on this host's kernels and emulated saturating ones; same speed as 8-bit on VNNI. "
+                   "at export on this host's kernels and emulated saturating ones (CIFAR-10 references: 98.9-99.1% top-1 agreement "
+                   "with eager on every kind), same speed as 8-bit on VNNI. "
                    "host: this CPU's path only (8-bit weights on a VNNI / AMX host, which lose 5-8 points of "
                    "agreement on AVX2 CPUs); or one path: avx512_vnni / avx_vnni / amx (8-bit), avx2 / avx512bw "
                    "(7-bit) (benchmarks/results/int8_isa.md) [default: x86].")
