@@ -3,11 +3,11 @@ reference models, and the speed cost of the overflow-safe form.
 
 Accuracy: each reference (CIFAR-10 ConvNeXt-atto in benchmarks/reference/) is exported with
 `convnext-export --weights REF --int8 --calib-data ../shared/data/cifar10/train` (default 256
-calibration images) made for an exact path (`--isa avx512_vnni`: 8-bit weights, what the default
-gives on a VNNI / AMX host) and for a saturating one (`--isa avx2`: 7-bit overflow-safe weights,
-what the default gives on an AVX2 / AVX-512 BW host); `--forms` adds two rejected forms made from
-the 8-bit model (u8 x u8 weights, and 8-bit weights with only the unsafe pairs limited). Every
-model runs the 8,000 test images on:
+calibration images) twice: the default (`--isa x86`, portable: 7-bit overflow-safe weights, validated
+at export on this host's kernels and on emulated saturating ones) and the host-only form of a VNNI / AMX
+host (`--isa avx512_vnni`: 8-bit weights, what `--isa host` gives there, whatever this host is);
+`--forms` adds two rejected forms made from the 8-bit model (u8 x u8 weights, and 8-bit weights with
+only the unsafe pairs limited). Every model runs the 8,000 test images on:
 
   simulated      ONNX Runtime with graph optimizations off: the Q/DQ arithmetic, no integer kernel
   host           ONNX Runtime's integer kernels on this machine (its integer path is printed)
@@ -16,9 +16,13 @@ model runs the 8,000 test images on:
                  test images spread evenly over the class-ordered test set (slow: ~0.1 s per image
                  here); 0 skips it
 
+It also counts, per reference, the integer layers whose 8-bit weights cannot saturate for any input
+(every same-sign pair |w_i| + |w_j| <= 128): the layers a mixed form could keep 8-bit.
+
 Speed: ConvNeXt-T (random weights, synthetic calibration) INT8 with 8-bit and 7-bit weights (and u8 x u8)
-against eager PyTorch FP32, batch 1, in alternating blocks (ONNX Runtime spinning off), --repeats times.
-Timing on qemu is meaningless, so speed is reported for the host's integer path only.
+against eager PyTorch FP32, batch 1, in alternating blocks (ONNX Runtime spinning off), --repeats times
+(--accuracy-only skips it: on a busy machine its milliseconds mean little). Timing on qemu is
+meaningless, so speed is reported for the host's integer path only.
 
     python benchmarks/int8_isa.py --qemu 1000 --repeats 3 --markdown benchmarks/results/int8_isa.md
 """
@@ -45,6 +49,8 @@ from convnext_export.bench.timing import TimingPlan, input_pool, measure_alterna
 from convnext_export.calibration.int8 import Int8Options, onnxruntime_runner
 from convnext_export.calibration.kernel_emulation import emulate_saturating_kernels
 from convnext_export.calibration.overflow import limit_weight_pairs, unsigned_weights
+from convnext_export.calibration.qdq_weights import quantized_weights, read_array
+from convnext_export.calibration.saturation import reduction_order, unsafe_pairs
 from convnext_export.config import get_config
 from convnext_export.datasets import open_dataset
 from convnext_export.isa import detect_host
@@ -55,6 +61,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "cifar10"
 REFERENCES = {"official (24 ep.)": HERE / "reference" / "convnext_atto_cifar10.pth",
               "timm conv_mlp": HERE / "reference" / "convnext_atto_cifar10_timm.pth"}
+REFERENCE_KEYS = {"official": "official (24 ep.)", "timm": "timm conv_mlp"}
 QEMU_RUNNER = """
 import sys, numpy as np, onnxruntime as ort
 options = ort.SessionOptions()
@@ -64,6 +71,18 @@ x = np.load(sys.argv[2])
 np.save(sys.argv[3], np.concatenate([session.run(None, {session.get_inputs()[0].name: x[i:i + 50]})[0]
                                      for i in range(0, len(x), 50)]))
 """
+
+
+DEFAULT_FORM = "7-bit, default --isa x86 (portable)"
+HOST_FORM = "8-bit, --isa host on VNNI (host-only)"
+
+
+def safe_8bit_layers(model: onnx.ModelProto) -> dict:
+    """Integer layers (not depthwise) whose 8-bit weights cannot saturate a u8 x s8 pair sum for any input."""
+    layers = [w for w in quantized_weights(model) if not w.depthwise]
+    safe = [w.name for w in layers
+            if not unsafe_pairs(reduction_order(read_array(model, w.codes_name), w.op_type, w.trans_b)).any()]
+    return {"layers": len(layers), "safe": safe}
 
 
 def test_set(weights: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -93,21 +112,26 @@ def accuracy(name: str, weights: Path, forms: list[str], qemu: int, work: Path) 
     images, labels = test_set(weights)
     eager = eager_runner(load_reference(None, weights, None, 0).model, batch_size=250)(images)
     integer, simulated = onnxruntime_runner(None), onnxruntime_runner(None, kernels="simulated")
-    models = {}
-    for isa, form in (("avx512_vnni", "8-bit"), ("avx2", "7-bit")):
+    models, validations = {}, {}
+    for isa, form in ((None, DEFAULT_FORM), ("avx512_vnni", HOST_FORM)):
         started = time.perf_counter()
         artifact = export_artifact(ExportRequest(
-            weights=weights, precision="int8", out=work / f"{isa}", force=True,
+            weights=weights, precision="int8", out=work / f"{isa or 'default'}", force=True,
             int8=Int8Options(calib_data=DATA / "train", isa=isa))).artifact
-        print(f"{name}: exported --isa {isa} in {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"{name}: exported --isa {isa or 'x86 (default)'} in {time.perf_counter() - started:.0f} s", flush=True)
         models[form] = onnx.load(str(artifact.model_path))
+        check = artifact.extra["kernel_validation"]
+        validations[form] = {"holdout_images": check["holdout_images"], "judged": check["judged"],
+                             **{run: values["top1_agreement"] for run, values in check["runs"].items()}}
     if "u8u8" in forms:
-        models["u8 x u8"] = unsigned_weights(models["8-bit"])
+        models["u8 x u8"] = unsigned_weights(models[HOST_FORM])
     if "pairs" in forms:
-        models["8-bit, unsafe pairs limited"] = limit_weight_pairs(models["8-bit"])[0]
+        models["8-bit, unsafe pairs limited"] = limit_weight_pairs(models[HOST_FORM])[0]
     rows = []
     for form, model in models.items():
-        row = {"model": name, "weights": form}
+        row = {"model": name, "weights": form, "safe_8bit_layers": safe_8bit_layers(models[HOST_FORM])}
+        if form in validations:
+            row["export_validation"] = validations[form]
         row["simulated"] = scores(simulated(model, images), labels, eager)
         row["host"] = scores(integer(model, images), labels, eager)
         if form != "u8 x u8":  # the emulation models u8 x s8 kernels
@@ -124,7 +148,7 @@ def speed(repeats: int, iters: int, threads: int, work: Path) -> list[dict]:
     torch.set_num_threads(threads)
     model = build_model(get_config("tiny"), seed=0)
     paths = {}
-    for isa, form in (("avx512_vnni", "8-bit"), ("avx2", "7-bit")):
+    for isa, form in (("avx512_vnni", "8-bit"), (None, "7-bit")):
         artifact = export_artifact(ExportRequest(size="tiny", precision="int8", out=work / f"tiny-{isa}", force=True,
                                                  int8=Int8Options(calib_size=64, isa=isa, holdout=8))).artifact
         paths[form] = artifact.model_path
@@ -162,6 +186,28 @@ def markdown(host: dict, rows: list[dict], runs: list[dict], args) -> str:
                              if s else "")
             lines.append(f"| {row['model']} | {row['weights']} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += ["Default vs host-only form, points of top-1 agreement with eager (default minus host-only):", ""]
+        for model in dict.fromkeys(row["model"] for row in rows):
+            pair = {row["weights"]: row for row in rows if row["model"] == model}
+            if DEFAULT_FORM in pair and HOST_FORM in pair:
+                deltas = ", ".join(
+                    f"{key.replace('_', ' ')} {100 * (pair[DEFAULT_FORM][key]['agreement'] - pair[HOST_FORM][key]['agreement']):+.2f}"
+                    for key in ("simulated", "host", "emulated_avx2", "qemu_avx2")
+                    if key in pair[DEFAULT_FORM] and key in pair[HOST_FORM])
+                safe = pair[HOST_FORM].get("safe_8bit_layers")
+                lines.append(f"- {model}: {deltas}" + (f"; integer layers whose 8-bit weights cannot saturate: "
+                                                        f"{len(safe['safe'])} of {safe['layers']}" if safe else ""))
+        lines += ["", "Export-time kernel validation (the hold-out, top-1 agreement with eager on each kind of kernel "
+                  "the export ran; judged: the runs standing for each kernel family the artifact is made for):", ""]
+        for row in rows:
+            check = row.get("export_validation")
+            if check:
+                kernel_runs = ", ".join(f"{k.replace('_', ' ')} {v:.2%}" for k, v in check.items()
+                                        if k not in ("holdout_images", "judged"))
+                judged = ", ".join(f"{family}: {run}" for family, run in check["judged"].items())
+                lines.append(f"- {row['model']}, {row['weights']}: {check['holdout_images']} images: {kernel_runs} "
+                             f"(judged {judged})")
+        lines.append("")
     if runs:
         lines += [f"ConvNeXt-T INT8, batch 1, {args.threads} threads, alternating blocks of 5, {args.iters} runs per "
                   f"variant, {len(runs)} repeat(s), ONNX Runtime spinning off, on the host's path "
@@ -182,6 +228,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--references", default="official,timm", help="which references: official, timm (comma list)")
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--accuracy-only", action="store_true")
     parser.add_argument("--markdown", type=Path, default=None)
@@ -196,18 +243,20 @@ def main() -> None:
         work = Path(tmp)
         if not args.speed_only:
             for name, weights in REFERENCES.items():
+                if name not in {REFERENCE_KEYS.get(key, key) for key in args.references.split(",")}:
+                    continue
                 if not weights.is_file():
                     print(f"skipped {name}: {weights} not found", flush=True)
                     continue
                 rows += accuracy(name, weights, [f for f in args.forms.split(",") if f], args.qemu, work)
         if not args.accuracy_only:
             runs = speed(args.repeats, args.iters, args.threads, work)
+    if args.json:
+        args.json.write_text(json.dumps({"host": host, "accuracy": rows, "speed": runs}, indent=2) + "\n")
     text = markdown(host, rows, runs, args)
     print(text)
     if args.markdown:
         args.markdown.write_text(f"`{' '.join(['python', 'benchmarks/int8_isa.py', *sys.argv[1:]])}`\n\n" + text)
-    if args.json:
-        args.json.write_text(json.dumps({"host": host, "accuracy": rows, "speed": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

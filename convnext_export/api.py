@@ -85,7 +85,7 @@ def export_request(*, size: str | None = None, weights: Path | str | None = None
         calib_method=calib_method or DEFAULT_METHOD,
         calib_percentile=DEFAULT_PERCENTILE if calib_percentile is None else calib_percentile,
         exclude=tuple(exclude), max_drift=max_drift, calib_cache=Path(calib_cache) if calib_cache is not None else None,
-        seed=seed, gelu=gelu or "exact", isa=isa or "host", holdout=holdout,
+        seed=seed, gelu=gelu or "exact", isa=isa, holdout=holdout,
         floor=AccuracyFloor(min_agreement, DEFAULT_MIN_COSINE if min_cosine is None else min_cosine),
     )
     return ExportRequest(

@@ -7,6 +7,10 @@ AVX-512 BW and AVX2, which use ``vpmaddubsw``: two products summed into a *satur
 on Linux; ``py-cpuinfo`` elsewhere when installed); anything else is named as unknown.
 ``CONVNEXT_EXPORT_CPU_FLAGS`` (space-separated flags) overrides them: for hosts whose OS reports
 features its kernels cannot use, and for running the tests as on another CPU.
+
+An INT8 artifact is made for every x86 path by default (``DEFAULT_ISA``, ``--isa x86``: "portable"),
+whatever machine builds it: an artifact is built on one CPU (CI, a workstation) and deployed on
+others nobody checked. ``--isa host`` (or a named path) makes the host-only form instead.
 """
 
 from __future__ import annotations
@@ -41,9 +45,11 @@ PATHS = {path.name: path for path in (
 # The flags each path needs, in ONNX Runtime's order of preference.
 PATH_FLAGS = (("amx", ("amx_int8", "amx_tile")), ("avx512_vnni", ("avx512_vnni", "avx512bw")),
               ("avx_vnni", ("avx_vnni",)), ("avx512bw", ("avx512bw",)), ("avx2", ("avx2",)))
+X86_PATHS = tuple(name for name, _ in PATH_FLAGS)
 FLAGS_VARIABLE = "CONVNEXT_EXPORT_CPU_FLAGS"
 ALL_X86 = "x86"  # made for every x86 path: overflow-safe wherever a path saturates
-ISA_CHOICES = ("host", *(name for name, _ in PATH_FLAGS), ALL_X86)
+DEFAULT_ISA = ALL_X86  # portable by default: the artifact holds on whichever x86 CPU it is deployed
+ISA_CHOICES = (ALL_X86, "host", *X86_PATHS)
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
 
 
@@ -146,7 +152,7 @@ class IsaTarget:
     def runs_on(self) -> tuple[str, ...]:
         """The integer paths on which the artifact keeps its validated accuracy."""
         if self.saturating:
-            return tuple(name for name, _ in PATH_FLAGS)
+            return X86_PATHS
         return tuple(name for name, path in PATHS.items() if path.saturates is False)
 
     def to_dict(self) -> dict:
@@ -154,10 +160,10 @@ class IsaTarget:
 
 
 def resolve_isa(choice: str, host: HostIsa | None = None) -> IsaTarget:
-    """``--isa``: ``host`` (detected), one integer path, or ``x86`` (all of them)."""
+    """``--isa``: ``x86`` (every x86 path, the default), ``host`` (the detected path only), or one integer path."""
     if choice not in ISA_CHOICES:
         raise InputError(f"--isa {choice!r}: use one of {', '.join(ISA_CHOICES)} "
-                         f"(host = this machine's, x86 = every x86 CPU)")
+                         f"(x86 = every x86 CPU, the default; host = this machine's only)")
     host = host or detect_host()
     return IsaTarget(host.path.name if choice == "host" else choice, host)
 
@@ -181,11 +187,11 @@ def artifact_isa_warning(name: str, precision: str, target: str | None, isa: dic
             return None
         return (f"{name}: its manifest names no integer path (exported before convnext-export tracked ISAs), so "
                 f"its weights may be full-range int8, which this host's {path.name} kernels saturate ({path.kernel}): "
-                f"expect lower accuracy; re-export with `convnext-export ... --int8` on this host, or with --isa x86 "
-                f"anywhere")
+                f"expect lower accuracy; re-export with `convnext-export ... --int8` (its default --isa x86 holds on every "
+                f"x86 CPU)")
     if path.name in isa.get("runs_on", ()):
         return None
     return (f"{name}: made for {isa.get('made_for')} ({isa.get('weight_bits')}-bit weights, holds on "
             f"{', '.join(isa.get('runs_on', ())) or 'nothing listed'}), but this host runs {path.name} "
-            f"({path.kernel}): expect lower accuracy, measured in its drift rows; re-export with --isa {path.name} "
-            f"for this host, or --isa x86 for every x86 CPU")
+            f"({path.kernel}): expect lower accuracy, measured in its drift rows; re-export with the default --isa x86 "
+            f"(every x86 CPU), or --isa {path.name} for this host")

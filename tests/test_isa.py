@@ -21,8 +21,9 @@ from convnext_export.config import get_config
 from convnext_export.errors import ConvNeXtExportError
 from convnext_export.export import export_onnx
 from convnext_export.fusion import fuse_model
-from convnext_export.isa import (ISA_CHOICES, HostIsa, IsaTarget, PATHS, artifact_isa_warning, detect_host,
-                                 integer_path, resolve_isa)
+from convnext_export.calibration.recipe import isa_report
+from convnext_export.isa import (ISA_CHOICES, X86_PATHS, HostIsa, IsaTarget, PATHS, artifact_isa_warning,
+                                 detect_host, integer_path, resolve_isa)
 from convnext_export.model import build_model
 from convnext_export.pipeline import eager_runner, tool_versions
 from convnext_export.preprocess import Preprocessing
@@ -32,6 +33,10 @@ from helpers import make_trained_like
 SIZE = 32
 PRE = Preprocessing(image_size=SIZE, crop_pct=1.0)
 ZEN4 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"}
+# CONVNEXT_EXPORT_CPU_FLAGS of a VNNI host (Zen 4) and of an AVX2-only one; "avx512_vnni avx2" without avx512bw
+# is an AVX2 path to ONNX Runtime (its AVX-512 VNNI kernels need AVX-512 BW).
+HOST_FLAGS = {"avx512_vnni": " ".join(sorted(ZEN4)), "avx2 (vnni flag without avx512bw)": "avx512_vnni avx2",
+              "avx2": "avx2 fma"}
 
 
 def host(path: str) -> HostIsa:
@@ -78,10 +83,22 @@ def test_isa_targets_and_where_they_hold():
         resolve_isa("sse", host("avx2"))
 
 
+@pytest.mark.parametrize("flags", HOST_FLAGS.values(), ids=HOST_FLAGS.keys())
+def test_default_isa_is_every_x86_path_whatever_the_host(flags, monkeypatch):
+    monkeypatch.setenv("CONVNEXT_EXPORT_CPU_FLAGS", flags)
+    assert Int8Options().isa is None
+    target = resolve_isa(int8_step.DEFAULT_ISA)
+    assert target.name == "x86" and target.saturating and target.runs_on == X86_PATHS
+    report = isa_report(target, detect_host(), 7)
+    assert report["portable"] and report["made_for"] == "x86"
+    for path in X86_PATHS:  # no x86 host warns about a portable artifact
+        assert artifact_isa_warning("a", "int8", "cpu", report, host(path)) is None
+
+
 def test_artifact_isa_warnings():
     made_for_vnni = {"made_for": "avx512_vnni", "runs_on": ["amx", "avx512_vnni", "avx_vnni"], "weight_bits": 8}
     warning = artifact_isa_warning("a", "int8", "cpu", made_for_vnni, host("avx2"))
-    assert "made for avx512_vnni" in warning and "--isa avx2" in warning and "--isa x86" in warning
+    assert "made for avx512_vnni" in warning and "--isa avx2" in warning and "default --isa x86" in warning
     assert artifact_isa_warning("a", "int8", "cpu", made_for_vnni, host("amx")) is None
     older = artifact_isa_warning("a", "int8", "cpu", None, host("avx512bw"))
     assert "names no integer path" in older and "re-export" in older
@@ -135,6 +152,37 @@ def test_made_for_vnni_keeps_full_range_weights(graph, tmp_path):
     assert result.report["isa"]["runs_on"] == ["amx", "avx512_vnni", "avx_vnni"]
     assert result.report["kernel_validation"]["judged"] == {
         "exact": "simulated" if detect_host().path.saturates is not False else "host"}
+
+
+def _exact_host(monkeypatch):
+    """This host's integer kernels accumulate exactly (the simulated Q/DQ), whatever the CPU under the test is."""
+    real_runner = onnxruntime_runner
+    monkeypatch.setattr(int8_step, "onnxruntime_runner", lambda batch, kernels="integer": real_runner(batch, "simulated"))
+
+
+@pytest.mark.parametrize("flags", HOST_FLAGS.values(), ids=HOST_FLAGS.keys())
+def test_default_int8_is_portable_and_validated_on_both_kernel_families(graph, tmp_path, monkeypatch, flags):
+    monkeypatch.setenv("CONVNEXT_EXPORT_CPU_FLAGS", flags)
+    result, _ = _build(graph, tmp_path / "model.onnx")
+    isa, check = result.report["isa"], result.report["kernel_validation"]
+    assert isa["made_for"] == "x86" and isa["portable"] and isa["runs_on"] == list(X86_PATHS)
+    assert isa["weight_bits"] == 7 and isa["host"]["integer_path"] == integer_path(set(flags.split())).name
+    codes = _weight_codes(result.path)
+    assert codes and all(np.abs(c.astype(int)).max() <= 64 and not unsafe_pairs(c).any() for c in codes.values())
+    saturating = "host" if detect_host().path.saturates else "emulated_saturating"
+    assert check["judged"] == {"exact": "simulated" if saturating == "host" else "host", "saturating": saturating}
+    assert saturating in check["runs"] and check["costly"] == []
+
+
+def test_host_isa_on_a_vnni_host_keeps_full_range_weights(graph, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVNEXT_EXPORT_CPU_FLAGS", HOST_FLAGS["avx512_vnni"])
+    _exact_host(monkeypatch)
+    result, _ = _build(graph, tmp_path / "model.onnx", isa="host")
+    isa = result.report["isa"]
+    assert isa["made_for"] == "avx512_vnni" and not isa["portable"] and isa["weight_bits"] == 8
+    assert isa["runs_on"] == ["amx", "avx512_vnni", "avx_vnni"]
+    assert max(np.abs(c.astype(int)).max() for c in _weight_codes(result.path).values()) == 127
+    assert result.report["kernel_validation"]["judged"] == {"exact": "host"}
 
 
 def _saturating_host(monkeypatch, broken: bool = False):
@@ -202,8 +250,60 @@ def test_bench_records_the_integer_path_and_warns_on_another(tmp_path, monkeypat
     assert "made for avx512_vnni" in benched.output
 
 
+def test_default_export_says_portable_and_no_x86_host_warns(tmp_path, monkeypatch):
+    out = tmp_path / "int8"
+    exported = CliRunner().invoke(export_command, ["--size", "atto", "--image-size", "32", "--int8", "--calib-size",
+                                                   "16", "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert "made for x86 (portable, every x86 CPU; 7-bit weights)" in " ".join(exported.output.split())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["isa"]["made_for"] == "x86" and manifest["isa"]["runs_on"] == list(X86_PATHS)
+    for path in X86_PATHS:
+        monkeypatch.setattr("convnext_export.bench.runner.detect_host", lambda: host(path))
+        report_path = tmp_path / f"bench-{path}.json"
+        benched = CliRunner().invoke(bench_command, [str(out), "--backends", "onnxruntime", "--iters", "2",
+                                                     "--warmup", "0", "--no-cold-start", "--quiet",
+                                                     "--json", str(report_path)])
+        assert benched.exit_code == 0, benched.output
+        assert not any("made for" in w for w in json.loads(report_path.read_text())["warnings"]), path
+
+
+def test_export_help_names_the_portable_default():
+    text = " ".join(CliRunner().invoke(export_command, ["--help"]).output.split())
+    assert "x86 (portable, the default" in text and "[default: x86]" in text
+
+
 def test_cpu_flags_override(monkeypatch):
     monkeypatch.setenv("CONVNEXT_EXPORT_CPU_FLAGS", "avx2 fma")
     found = detect_host()
     assert found.path.name == "avx2" and found.source == "CONVNEXT_EXPORT_CPU_FLAGS"
     assert resolve_isa("host").saturating
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "convnext_atto_cifar10.pth"
+REFERENCE_TEST_IMAGES = 1000  # a seeded, class-balanced subset of the CIFAR-10 test set
+
+
+@pytest.mark.slow
+def test_default_int8_of_the_trained_reference_holds_on_saturating_kernels(shared_data, tmp_path, monkeypatch):
+    """Built on a VNNI machine with the default --int8, the trained CIFAR-10 reference agrees with eager on >= 99%
+    of held-out test images on the emulated AVX2 / AVX-512 BW kernels as on exact ones (the old default's
+    8-bit weights: ~92% on the saturating kernels)."""
+    from convnext_export.datasets import open_dataset
+    from convnext_export.pipeline import ExportRequest, export_artifact, load_reference
+
+    monkeypatch.setenv("CONVNEXT_EXPORT_CPU_FLAGS", HOST_FLAGS["avx512_vnni"])
+    reference = load_reference(None, REFERENCE, None, 0)
+    artifact = export_artifact(ExportRequest(weights=REFERENCE, precision="int8", out=tmp_path / "int8",
+                                             int8=Int8Options(calib_data=shared_data / "cifar10" / "train"))).artifact
+    assert artifact.extra["isa"]["made_for"] == "x86" and artifact.extra["isa"]["portable"]
+    assert artifact.extra["kernel_validation"]["judged"]["saturating"] == "emulated_saturating"
+    test_set = open_dataset(shared_data / "cifar10" / "test", reference.preprocessing, limit=REFERENCE_TEST_IMAGES)
+    images = np.concatenate([batch.images for batch in test_set.batches(500)])
+    eager = eager_runner(reference.model, batch_size=250)(images).argmax(1)
+    model = onnx.load(str(artifact.model_path))
+    simulated = onnxruntime_runner(None, kernels="simulated")
+    for name, logits in (("exact kernels (simulated Q/DQ)", simulated(model, images)),
+                         ("emulated saturating kernels", simulated(emulate_saturating_kernels(model), images))):
+        agreement = float((logits.argmax(1) == eager).mean())
+        assert agreement >= 0.99, f"{name}: top-1 agreement with eager {agreement:.2%}"

@@ -214,3 +214,40 @@ def test_graph_emulation_follows_the_saturating_kernel_model(name):
 def test_depthwise_and_padded_convs_are_not_emulated():
     assert emulable_layers(layer_case("depthwise")[0]) == []
     assert emulable_layers(layer_case("padded3x3")[0]) == []  # not a ConvNeXt shape: no emulation claimed
+
+
+@needs_qemu
+def test_default_int8_computes_the_same_on_avx2_kernels_under_qemu(tmp_path, monkeypatch):
+    """The default (portable) INT8 model of a trained-like atto, built as on a VNNI host: ONNX Runtime's AVX2
+    kernels (qemu) give this host's top-1 on every image; the host-only 8-bit form of the same model does not."""
+    from convnext_export.calibration.int8 import Int8Options, build_int8
+    from convnext_export.config import get_config
+    from convnext_export.export import export_onnx
+    from convnext_export.fusion import fuse_model
+    from convnext_export.model import build_model
+    from convnext_export.pipeline import eager_runner, tool_versions
+    from convnext_export.preprocess import Preprocessing
+
+    from helpers import make_trained_like
+
+    monkeypatch.setenv("CONVNEXT_EXPORT_CPU_FLAGS", "avx2 fma avx512f avx512bw avx512_vnni")
+    model = make_trained_like(build_model(get_config("atto").with_classes(10), seed=5), seed=5)
+    fp32 = export_onnx(fuse_model(model)[0], tmp_path / "fp32.onnx", 32).path
+    images = np.random.default_rng(3).standard_normal((200, 3, 32, 32)).astype(np.float32)
+    cases, agreements = [], {}
+    for isa in (None, "avx512_vnni"):
+        result = build_int8(fp32, tmp_path / f"{isa}.onnx", eager_runner(model), Preprocessing(image_size=32,
+                            crop_pct=1.0), None, Int8Options(calib_size=64, holdout=64, isa=isa), "cpu", tool_versions())
+        assert result.report["isa"]["weight_bits"] == (7 if isa is None else 8)
+        cases.append((onnx.load(str(result.path)), images))
+    real = run_under_qemu(tmp_path, cases)
+    for (quantized, _), avx2, isa in zip(cases, real, (None, "avx512_vnni")):
+        agreements[isa] = float((avx2.argmax(1) == run_onnxruntime_input(quantized, images).argmax(1)).mean())
+    assert agreements[None] >= 0.995, agreements
+    assert agreements["avx512_vnni"] < agreements[None], agreements
+
+
+def run_onnxruntime_input(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """This host's ONNX Runtime on a model whose input is not named ``x``."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]

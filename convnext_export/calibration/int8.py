@@ -13,7 +13,7 @@ import onnx
 
 from ..drift import drift_metrics
 from ..errors import InputError
-from ..isa import ISA_CHOICES, detect_host, resolve_isa
+from ..isa import DEFAULT_ISA, ISA_CHOICES, detect_host, resolve_isa
 from ..preprocess import Preprocessing
 from ..progress import ProgressCallback, no_progress
 from .cache import (CACHE_FILE, CacheKey, Calibration, calibration_cache_key, check_cache_file, read_cache,
@@ -50,7 +50,7 @@ class Int8Options:
     calib_cache: Path | None = None
     seed: int = 0
     gelu: str = "exact"  # "sigmoid": GELU as u8 lookup tables on --target cpu (calibration/sigmoid_gelu.py)
-    isa: str = "host"  # --target cpu: the integer path the weights are made for (isa.py; "x86": every x86 path)
+    isa: str | None = None  # --target cpu: the integer path the weights are made for (isa.py; None: DEFAULT_ISA)
     holdout: int | None = None  # hold-out images (default DEFAULT_HOLDOUT of real data; 1/8 of synthetic)
     floor: AccuracyFloor = AccuracyFloor()  # the least agreement and cosine with eager on the hold-out (floor.py)
 
@@ -66,10 +66,10 @@ class Int8Options:
         if self.gelu == "sigmoid" and "gelu" not in get_target(target).quantized_classes:
             raise InputError(f"--gelu sigmoid applies to --target cpu: on --target {target} GELU's input stays "
                              f"float (TensorRT fuses exact GELU into the pointwise conv)")
-        if self.isa not in ISA_CHOICES:
+        if self.isa is not None and self.isa not in ISA_CHOICES:
             raise InputError(f"--isa {self.isa!r}: use one of {', '.join(ISA_CHOICES)} "
-                             f"(host = this machine's, x86 = every x86 CPU)")
-        if self.isa != "host" and target != "cpu":
+                             f"(x86 = every x86 CPU, the default; host = this machine's only)")
+        if self.isa is not None and target != "cpu":
             raise InputError(f"--isa {self.isa} applies to --target cpu (ONNX Runtime's x86 kernels); "
                              f"--target {target} runs on the GPU's int8 kernels")
         if self.holdout is not None and self.holdout < 1:
@@ -237,12 +237,12 @@ def build_int8(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
     if cache_out is not None:
         write_cache(cache_out, key, calibration)
 
-    isa = resolve_isa(options.isa) if target.name == "cpu" else None
+    isa = resolve_isa(options.isa or DEFAULT_ISA) if target.name == "cpu" else None
     host = isa.host if isa is not None else detect_host()
     weight_bits = weight_range_bits(isa)
     if host.path.saturates is None:
         log(f"warning: this host's integer path is unknown ({host.architecture}, {host.model}; flags from "
-            f"{host.source}): {'made overflow-safe 7-bit weights for every x86 path; ' if isa else ''}"
+            f"{host.source}): {'made overflow-safe 7-bit weights for every x86 path; ' if weight_bits == 7 else ''}"
             f"its own kernels are checked against the simulated Q/DQ on the hold-out")
     plan = plan_quantization(model, target, options.exclude, warn=log)
     if "gelu" in target.quantized_classes and not any(node.op_type == "Gelu" for node in model.graph.node):

@@ -5,8 +5,8 @@ AVX2 / AVX-512 BW kernels only when both have the same sign and their magnitudes
 than 128 (then 255 x the sum > 32767). Three forms keep every pair sum in int16:
 
 - ``reduce_weight_range``: 7-bit weights ([-64, 64] per channel, requantized from the float
-  weights, biases with them): what the recipe uses wherever a target path saturates
-  (``recipe.weight_range_bits``);
+  weights, biases with them): what the recipe uses for the default ``--isa x86`` (portable) and
+  wherever a target path saturates (``recipe.weight_range_bits``);
 - ``unsigned_weights``: u8 weights around zero point 128, ONNX Runtime's slower u8 x u8 kernels;
 - ``limit_weight_pairs``: only the pairs that can overflow shrunk to a sum of 128, everything
   else as it was.

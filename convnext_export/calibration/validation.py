@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from ..drift import drift_metrics
-from ..isa import PATHS, IsaTarget
+from ..isa import ALL_X86, PATHS, IsaTarget
 from .kernel_emulation import emulable_layers, emulate_saturating_kernels, input_quantization
 from .qdq_weights import node_attribute, read_array
 from .saturation import im2col, reduction_order, saturation_stats
@@ -210,7 +210,8 @@ def repair_kernel_gap(quantized: onnx.ModelProto, fp32: onnx.ModelProto, check: 
         problem = "; ".join(_gap_text(recheck, name) for name in recheck.costly) + " (with 7-bit weights too)"
     worst = ", ".join(repr(entry.node) for entry in layers[:2] if entry.saturated_pairs > 0)
     remedies = [f"--exclude {worst.split(', ')[0]} (keeps the worst layer float)" if worst else None,
-                "--isa x86 if this host's kernels are not the ones the artifact is made for",
+                None if isa is None or isa.name == ALL_X86 else
+                "--isa x86 (the default) if this host's kernels are not the ones the artifact is made for",
                 "--fp16 or FP32 (no integer kernels)"]
     raise ConvNeXtExportError(
         f"INT8 loses accuracy on the integer kernels it is made for: {problem}. Layers that saturate most: "
