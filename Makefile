@@ -13,7 +13,7 @@ HAVE_CIFAR10 := $(and $(wildcard $(CIFAR10)/train),$(wildcard $(CIFAR10)/test))
 REFERENCE := benchmarks/reference/convnext_atto_cifar10.pth
 REFERENCE_ARTIFACT := artifacts/convnext_atto_cifar10-int8
 
-.PHONY: setup run test gate clean
+.PHONY: setup run test test-all gate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,12 @@ else
 		"(INT8 accuracy on real images); the ConvNeXt-T figures above are a plumbing check, not accuracy"
 endif
 
+# The suite without the tests marked slow (heavy sizes' smoke tests, the trained references' full INT8 checks,
+# qemu's whole-model run): the CI budget is 15 minutes on 2 cores. make test-all runs every test.
 test: setup
+	$(BIN)/pytest -q -m "not slow"
+
+test-all: setup
 	$(BIN)/pytest -q
 
 # CI's latency gate: ConvNeXt-atto FP32 and INT8 in ONNX Runtime vs eager, compared as speedups (noise-robust)

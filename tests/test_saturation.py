@@ -216,6 +216,7 @@ def test_depthwise_and_padded_convs_are_not_emulated():
     assert emulable_layers(layer_case("padded3x3")[0]) == []  # not a ConvNeXt shape: no emulation claimed
 
 
+@pytest.mark.slow
 @needs_qemu
 def test_default_int8_computes_the_same_on_avx2_kernels_under_qemu(tmp_path, monkeypatch):
     """The default (portable) INT8 model of a trained-like atto, built as on a VNNI host: ONNX Runtime's AVX2
