@@ -136,9 +136,9 @@ CASES = [
     BadInput("int8-seed-minus-1", "convnext-export", (*INT8, "--seed", "-1", "--out", "o"), 2, ("--seed",)),
     BadInput("opset-99", "convnext-export", (*TINY, "--opset", "99", "--out", "o"), 2, ("--opset", "17<=x<=25")),
     BadInput("weights-fifo", "convnext-export", ("--weights", "w.pth", "--out", "o"), 2,
-             ("not a regular file",), _fifo("w.pth")),
+             ("not a regular file",), _fifo("w.pth"), process=True),
     BadInput("calib-data-fifo-npy", "convnext-export", (*INT8, "--calib-data", "x.npy", "--out", "o"), 2,
-             ("x.npy is not a dataset",), _fifo("x.npy")),
+             ("x.npy is not a dataset",), _fifo("x.npy"), process=True),
     # checkpoints
     BadInput("weights-is-a-directory", "convnext-export", ("--weights", "ck", "--out", "o"), 2, ("is a directory",),
              _checkpoint),

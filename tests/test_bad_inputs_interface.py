@@ -26,18 +26,18 @@ CASES = [
     BadInput("hub-invalid-repo-id", "convnext-export", ("--weights", "hf-hub:timm/convnext..tiny"), 2,
              ("not a valid Hugging Face Hub repository id", "OWNER/NAME")),
     BadInput("hub-offline-not-cached", "convnext-export", ("--weights", HUB_ID, "--out", "{work}/out"), 2,
-             (HUB_ID, "unreachable", "not in the local cache", LOCAL_FILE), outputs=("out",)),
+             (HUB_ID, "unreachable", "not in the local cache", LOCAL_FILE), outputs=("out",), process=True),
     BadInput("bench-hub-offline-not-cached", "convnext-bench", ("--weights", HUB_ID, "--work", "{work}/w"), 2,
-             (HUB_ID, "unreachable", "not in the local cache", LOCAL_FILE), outputs=("w",)),
+             (HUB_ID, "unreachable", "not in the local cache", LOCAL_FILE), outputs=("w",), process=True),
     BadInput("hub-revision-offline", "convnext-export", ("--weights", f"{HUB_ID}@v2",), 2,
-             (f"{HUB_ID}@v2", "unreachable", LOCAL_FILE)),
+             (f"{HUB_ID}@v2", "unreachable", LOCAL_FILE), process=True),
 ]
 
 NO_NETWORK = BadInput("hub-no-network", "convnext-export", ("--weights", HUB_ID, "--out", "{work}/out"), 2,
-                      (HUB_ID, "unreachable", "not in the local cache", LOCAL_FILE), outputs=("out",))
+                      (HUB_ID, "unreachable", "not in the local cache", LOCAL_FILE), outputs=("out",), process=True)
 
 NOT_INSTALLED = BadInput("hub-not-installed", "convnext-export", ("--weights", HUB_ID), 2,
-                         (f"{HUB_ID} needs huggingface_hub", "pip install 'convnext-export[hub]'", LOCAL_FILE))
+                         (f"{HUB_ID} needs huggingface_hub", "pip install 'convnext-export[hub]'", LOCAL_FILE), process=True)
 
 
 @pytest.fixture
