@@ -32,7 +32,7 @@ def relative_drift(out, ref) -> float:
     return float(np.abs(out - ref).max() / np.abs(ref).max())
 
 
-HEAVY_SIZES = {"base", "large", "xlarge", "v2-base", "v2-large", "v2-huge"}
+HEAVY_SIZES = {"small", "base", "large", "xlarge", "v2-small", "v2-base", "v2-large", "v2-huge"}
 
 
 def sizes_marking_heavy_slow(names: list[str]) -> list:

@@ -56,6 +56,7 @@ def test_bad_input(case, tmp_path, monkeypatch, empty_hub_cache):
     run_bad_input(case, tmp_path)
 
 
+@pytest.mark.slow  # ~30 s of the hub client's own retries
 def test_hub_without_network(tmp_path, monkeypatch, empty_hub_cache):
     """Online, but the hub cannot be reached (a closed local port stands for no network): ~30 s of the hub's
     retries for the first file, then the cache alone."""

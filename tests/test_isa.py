@@ -201,6 +201,7 @@ def _saturating_host(monkeypatch, broken: bool = False):
     monkeypatch.setattr(int8_step, "onnxruntime_runner", runner)
 
 
+@pytest.mark.slow
 def test_kernel_gap_is_reported_per_layer_and_repaired(graph, tmp_path, monkeypatch):
     _saturating_host(monkeypatch)
     result, logs = _build(graph, tmp_path / "model.onnx", calib_size=256, holdout=1000)
