@@ -275,10 +275,11 @@ def build_fp16(fp32_path: Path, out_path: Path, eager: Callable[[np.ndarray], np
                                   f"(overflow in {', '.join(e['tensor'] for e in activations['overflow'][:5]) or 'an op'}); "
                                   "export FP32 or INT8 instead; nothing was written")
     drift = drift_metrics(outputs, eager(images))
+    grn_nodes = len(grn_statistic_nodes(fp32))
     report = {
         "layer_scale_kept_separate": sorted(kept_layer_scale),
         "float32_ops": list(FLOAT_OPS),
-        **({"float32_grn_statistics": len(grn_statistic_nodes(fp32))} if grn_statistic_nodes(fp32) else {}),
+        **({"float32_grn_statistics": grn_nodes} if grn_nodes else {}),
         "layernorm_compute_types": layernorm_precision(fp16),
         "io": "float16" if fp16_io else "float32",
         "weights": {"max_energy_loss_allowed": MAX_WEIGHT_ENERGY_LOSS,

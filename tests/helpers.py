@@ -32,6 +32,24 @@ def relative_drift(out, ref) -> float:
     return float(np.abs(out - ref).max() / np.abs(ref).max())
 
 
+def trained_like(model: nn.Module, seed: int) -> nn.Module:
+    """The shared trained-like weights, plus non-zero conv/linear biases so a misplaced bias shows; eval mode."""
+    make_trained_like(model, seed)
+    generator = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                module.bias.copy_(0.02 * torch.randn(module.bias.shape, generator=generator))
+    return model.eval()
+
+
+@torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A model's logits, whether it returns them or a transformers output holding them."""
+    out = model(x)
+    return out.logits if hasattr(out, "logits") else out
+
+
 HEAVY_SIZES = {"small", "base", "large", "xlarge", "v2-small", "v2-base", "v2-large", "v2-huge"}
 
 

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from torch import nn
 
 from convnext_export.checkpoints import detect_layout, file_sha256, load_checkpoint, read_state_dict, to_official
 from convnext_export.errors import InputError
-from helpers import make_trained_like, relative_drift
+from helpers import logits, relative_drift, trained_like
 
 timm = pytest.importorskip("timm")
 
@@ -26,23 +25,6 @@ TOLERANCE = 1e-5  # relative max-abs drift of the logits
 
 def images(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def trained_like(model: nn.Module, seed: int) -> nn.Module:
-    """The shared trained-like weights, plus non-zero conv/linear biases so a misplaced bias shows."""
-    make_trained_like(model, seed)
-    generator = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
-                module.bias.copy_(0.02 * torch.randn(module.bias.shape, generator=generator))
-    return model.eval()
-
-
-@torch.no_grad()
-def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return out.logits if hasattr(out, "logits") else out
 
 
 def timm_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from convnext_export.fusion import ChannelScaleGRN, fold_grn_bias, fuse_model, g
 from convnext_export.model import GRN, build_model
 
 from bad_input import BadInput, run_bad_input
-from helpers import make_trained_like, relative_drift, sizes_marking_heavy_slow
+from helpers import logits, relative_drift, sizes_marking_heavy_slow, trained_like
 
 timm = pytest.importorskip("timm")
 
@@ -32,22 +32,6 @@ V2_SIZES = [name for name in size_names() if get_config(name).family == "v2"]
 
 def images(seed: int = 0, size: int = 32) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def trained_like(model: nn.Module, seed: int) -> nn.Module:
-    make_trained_like(model, seed)
-    generator = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
-                module.bias.copy_(0.02 * torch.randn(module.bias.shape, generator=generator))
-    return model.eval()
-
-
-@torch.no_grad()
-def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return out.logits if hasattr(out, "logits") else out
 
 
 def timm_v2(size: str, seed: int = 0, num_classes: int = 10) -> nn.Module:
